@@ -1,0 +1,60 @@
+"""How attention is computed. Every backend takes q, k (B, H, n, dk), v (B, H, n, dv), the parts
+each head attends (patterns.layer_heads) and the scale, and returns (B, H, n, dv).
+
+- ``reference`` dense masked softmax, O(n^2): the oracle (float64 in tests)
+- ``blocked``   plain PyTorch, tiles against gathered keys: any device, O(n·keys per query)
+- ``sdpa``      dense causal only, scaled_dot_product_attention (FlashAttention on CUDA)
+- ``flex``      CUDA, FlexAttention block-sparse kernels (see backends/flex.py)
+- ``auto``      sdpa for dense on CUDA, flex for sparse on CUDA, blocked otherwise
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from ..patterns import PatternError, _unknown
+
+BACKENDS = ("auto", "reference", "blocked", "sdpa", "flex")
+
+
+def _flex_usable(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        from . import flex  # noqa: F401
+    except ImportError:
+        return False
+    return flex.available()
+
+
+def resolve(backend: str, heads: tuple, device: torch.device) -> str:
+    """The concrete backend ``auto`` means for these heads on this device."""
+    if backend not in BACKENDS:
+        raise _unknown("attention.backend", backend, BACKENDS)
+    if backend != "auto":
+        return backend
+    dense = all(p.name == "dense" for parts in heads for p in parts)
+    if device.type == "cuda":
+        if dense:
+            return "sdpa"
+        if _flex_usable(device):
+            return "flex"
+    return "blocked"
+
+
+def get(name: str):
+    """The module implementing backend ``name`` (it has ``attend(q, k, v, heads, scale)``)."""
+    if name not in BACKENDS or name == "auto":
+        raise PatternError(f"attention.backend {name!r} is not a concrete backend; valid: {', '.join(BACKENDS[1:])}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def attend(q, k, v, heads: tuple, *, backend: str = "auto", scale: float | None = None):
+    """Causal attention of q, k, v under the per-head pattern parts ``heads``."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if len(heads) != q.shape[1]:
+        raise PatternError(f"heads describes {len(heads)} heads but q has {q.shape[1]}")
+    return get(resolve(backend, heads, q.device)).attend(q, k, v, heads, scale)

@@ -1,0 +1,67 @@
+"""The attention layer: q/k/v projections (optionally half-size Q and K), the heads' patterns,
+a backend, and the output projection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import backends
+from .backends import reference
+from .patterns import PatternError
+
+Tensor = torch.Tensor
+
+
+class SparseAttention(nn.Module):
+    """Multi-head causal attention in which head h attends the union of ``heads[h]``.
+
+    ``heads`` comes from ``patterns.layer_heads`` (it encodes the integration: interleaved,
+    merged or multi-head). ``qk_ratio`` shrinks Q and K (the paper's half-size QK: 0.5).
+    """
+
+    def __init__(self, d_model: int, n_head: int, heads: tuple, *, qk_ratio: float = 1.0, backend: str = "auto"):
+        super().__init__()
+        d_qk = int(round(d_model * qk_ratio))
+        if d_model % n_head or d_qk % n_head or d_qk < n_head:
+            raise PatternError(
+                f"d_model={d_model} and d_model*qk_ratio={d_qk} must be positive multiples of n_head={n_head}"
+            )
+        if len(heads) != n_head:
+            raise PatternError(f"heads describes {len(heads)} heads, expected n_head={n_head}")
+        self.n_head, self.d_model, self.d_qk = n_head, d_model, d_qk
+        self.heads = heads
+        self.backend = backend
+        # one fused projection for q, k and v (same fan-in, so the same init formula)
+        self.qkv = nn.Linear(d_model, 2 * d_qk + d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    @property
+    def scale(self) -> float:
+        return (self.d_qk // self.n_head) ** -0.5
+
+    def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, n, _ = x.shape
+        q, k, v = self.qkv(x).split([self.d_qk, self.d_qk, self.d_model], dim=-1)
+        H = self.n_head
+        return (q.view(B, n, H, -1).transpose(1, 2), k.view(B, n, H, -1).transpose(1, 2),
+                v.view(B, n, H, -1).transpose(1, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.split_heads(x)
+        y = backends.attend(q, k, v, self.heads, backend=self.backend, scale=self.scale)
+        B, _, n, _ = y.shape
+        return self.proj(y.transpose(1, 2).reshape(B, n, self.d_model))
+
+    @torch.no_grad()
+    def attention_rows(self, x: Tensor, rows) -> Tensor:
+        """Attention probabilities (B, H, len(rows), n) of the chosen query rows, for analysis.
+
+        An explicit softmax over the pattern's keys for those rows only: O(rows · n) memory.
+        """
+        q, k, _ = self.split_heads(x)
+        return reference.attention_rows(q.float(), k.float(), self.heads, rows, self.scale)
+
+    def extra_repr(self) -> str:
+        names = sorted({"+".join(p.name for p in parts) for parts in self.heads})
+        return f"d_model={self.d_model}, n_head={self.n_head}, d_qk={self.d_qk}, heads={names}, backend={self.backend}"
