@@ -112,10 +112,12 @@ class _nullcontext:
 
 
 @pytest.mark.slow
-def test_blocked_memory_far_below_n_squared():
-    """Forward + backward at n = 16,384 in a fresh process: peak RSS growth vs one n x n fp32 matrix."""
+@pytest.mark.parametrize("pattern", ["strided", "fixed"])
+def test_blocked_memory_far_below_n_squared(pattern):
+    """Forward + backward at n = 16,384 in a fresh process: peak RSS growth vs one n x n fp32 matrix
+    (the reference needs several). fixed with c = 8: 1,152 keys a query (with c = 32 it is n/4)."""
     code = textwrap.dedent(
-        """
+        f"""
         import resource, torch
         from sparse_transformer.attention import attend, layer_heads
         torch.set_num_threads(2)
@@ -123,13 +125,12 @@ def test_blocked_memory_far_below_n_squared():
         def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         qkv = [torch.randn(1, 1, n, 64, requires_grad=True) for _ in range(3)]
         base = rss()
-        for pattern in ("strided", "fixed"):  # fixed with c = 8: 1,152 keys a query (c = 32 is n/4 keys)
-            heads = layer_heads(pattern, 1, 128, summary=8, integration="merged")
-            attend(*qkv, heads, backend="blocked").sum().backward()
+        heads = layer_heads("{pattern}", 1, 128, summary=8, integration="merged")
+        attend(*qkv, heads, backend="blocked").sum().backward()
         print(rss() - base)
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     grown = int(out.stdout.strip().splitlines()[-1])
     n2 = 16384**2 * 4
-    assert grown < 0.25 * n2, f"blocked grew {grown / 2**20:.0f} MiB; one n^2 fp32 matrix is {n2 / 2**20:.0f} MiB"
+    assert grown < n2 / 3, f"blocked grew {grown / 2**20:.0f} MiB; one n^2 fp32 matrix is {n2 / 2**20:.0f} MiB"

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..patterns import Part, Structure, registry_version, warn_once
 from . import reference
-from .common import NEG_INF, compute_dtype, masked_softmax, merge_softmaxes, run_by_groups
+from .common import NEG_INF, compute_dtype, merge_softmaxes, run_by_groups
 
 Tensor = torch.Tensor
 
@@ -181,8 +181,14 @@ class TileAttention(torch.autograd.Function):
         ct = compute_dtype(qb.dtype)
         s = torch.cat([torch.matmul(qb, kt).to(ct) for kt in kts], -1) if len(kts) > 1 else torch.matmul(qb, kts[0]).to(ct)
         mask = torch.cat(masks, -1) if len(masks) > 1 else masks[0]
-        if lse is None:
-            return masked_softmax(s, mask)
+        if lse is None:  # forward, no autograd here: a masked softmax in place
+            s.masked_fill_(~mask, NEG_INF)
+            mx = s.amax(-1, keepdim=True)
+            mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+            z = s.sub_(mx).exp_().sum(-1, keepdim=True)
+            nonempty = z > 0
+            z = torch.where(nonempty, z, torch.ones_like(z))
+            return s.div_(z), torch.where(nonempty, mx + z.log(), torch.full_like(z, NEG_INF))
         lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
         return torch.exp(s.masked_fill_(~mask, NEG_INF).sub_(lse_safe)), None
 
