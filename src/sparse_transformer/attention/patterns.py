@@ -32,9 +32,7 @@ import torch
 Tensor = torch.Tensor
 MaskFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
-PRIMITIVES = ("dense", "local", "stride", "block", "summary")
-PAIRS = {"strided": ("local", "stride"), "fixed": ("block", "summary")}
-INTEGRATIONS = ("interleaved", "merged", "multihead")
+from .constants import INTEGRATIONS, PAIRS, PRIMITIVES  # noqa: E402  (torch-free, for the config)
 
 
 class PatternError(ValueError):

@@ -5,7 +5,7 @@ each head attends (patterns.layer_heads) and the scale, and returns (B, H, n, dv
 - ``blocked``   plain PyTorch, tiles against gathered keys: any device, O(n·keys per query)
 - ``sdpa``      dense causal only, scaled_dot_product_attention (FlashAttention on CUDA)
 - ``flex``      CUDA, FlexAttention block-sparse kernels (see backends/flex.py)
-- ``auto``      sdpa for dense on CUDA, flex for sparse on CUDA, blocked otherwise
+- ``auto``      sdpa for dense (any device), flex for sparse on CUDA, blocked otherwise
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import importlib
 
 import torch
 
+from ..constants import BACKENDS
 from ..patterns import PatternError, _unknown
-
-BACKENDS = ("auto", "reference", "blocked", "sdpa", "flex")
 
 
 def _flex_usable(device: torch.device) -> bool:
@@ -35,12 +34,10 @@ def resolve(backend: str, heads: tuple, device: torch.device) -> str:
         raise _unknown("attention.backend", backend, BACKENDS)
     if backend != "auto":
         return backend
-    dense = all(p.name == "dense" for parts in heads for p in parts)
-    if device.type == "cuda":
-        if dense:
-            return "sdpa"
-        if _flex_usable(device):
-            return "flex"
+    if all(p.name == "dense" for parts in heads for p in parts):
+        return "sdpa"  # exact and the fastest dense path on every device (3x blocked's speed on CPU)
+    if device.type == "cuda" and _flex_usable(device):
+        return "flex"
     return "blocked"
 
 

@@ -98,6 +98,7 @@ def _natural_keys(s: Structure, n: int, N: int, C: int) -> Tensor:
 
 
 @lru_cache(maxsize=128)
+@torch.inference_mode(False)  # cached across validation (inference mode) and training
 def _natural_masks(order: tuple, owners: tuple, n: int, C: int, device: str, version: int) -> tuple:
     N = math.ceil(n / C) * C
     nb = N // C
@@ -111,6 +112,7 @@ def _natural_masks(order: tuple, owners: tuple, n: int, C: int, device: str, ver
 
 
 @lru_cache(maxsize=128)
+@torch.inference_mode(False)
 def _residue_mask(own: tuple, prior: tuple, n: int, w: int, device: str, version: int) -> Tensor:
     nb = math.ceil(n / w)
     pos = torch.arange(nb)[None, :] * w + torch.arange(w)[:, None]  # (w, nb): row m of residue r

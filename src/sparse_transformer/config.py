@@ -1,0 +1,460 @@
+"""Configuration: a dataclass schema (a docstring per field), merged with OmegaConf in this order:
+
+    schema defaults -> conf/config.yaml -> conf/exp/<exp>.yaml -> command line
+
+The command line takes ``key=value`` (what W&B agents pass through ``${args_no_hyphens}``) and
+``--key=value``; ``exp=<name>`` picks the experiment; ``--cfg`` prints the resolved YAML and exits 0.
+Everything here is checked before torch or Lightning is imported, so a bad command line fails in
+about a second, with one line naming the key and what would be valid, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import inspect
+import os
+import sys
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf  # noqa: F401
+from omegaconf.errors import OmegaConfBaseException
+
+from .attention.constants import BACKENDS, INTEGRATIONS, PAIRS, PRIMITIVES
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = Path(os.environ.get("SPARSE_TRANSFORMER_CONF", ROOT / "conf"))
+
+PRECISIONS = ("auto", "32", "32-true", "64", "64-true", "bf16-mixed", "16-mixed", "bf16-true")
+LOGGERS = ("wandb", "csv", "none")
+MODALITIES = ("text", "image", "audio")
+STRATEGIES = ("auto", "ddp", "fsdp", "ddp_spawn")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message is one line naming the key and what is valid."""
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 4
+    """Number of residual blocks (attention + feed-forward)."""
+    n_head: int = 4
+    """Attention heads per block; d_model and d_model*qk_ratio must be multiples of it."""
+    d_model: int = 128
+    """Width of the residual stream."""
+    ffn_mult: float = 4.0
+    """Feed-forward inner width as a multiple of d_model (4; the paper's half-size layers use 2)."""
+    qk_ratio: float = 1.0
+    """Width of Q and K relative to d_model (the paper's half-size QK: 0.5)."""
+    dropout: float = 0.0
+    """Dropout at the end of each residual branch (never inside attention)."""
+    emb_dropout: float = 0.0
+    """Dropout on the summed embeddings (OpenAI's code; 0 for CIFAR-10)."""
+    recompute: bool = False
+    """Recompute attention and feed-forward in backward (activation checkpointing per block)."""
+    compile: bool = False
+    """torch.compile the network block by block."""
+    vocab_size: int = 256
+    """Token vocabulary (bytes, 8-bit pixels, 8-bit mu-law audio: 256)."""
+
+
+@dataclass
+class AttentionConfig:
+    pattern: str = "strided"
+    """dense | strided | fixed | a primitive (local, stride, block, summary) | a registered name."""
+    stride: int = 32
+    """l: the local window / stride / block length (about sqrt(seq_len))."""
+    summary: Optional[int] = None
+    """c: summary cells per block for fixed/summary (the paper: 8, 16 or 32); must be <= stride."""
+    summary_heads: int = 1
+    """Distinct c-wide summary slices across heads (head h uses slice h % summary_heads), <= stride/summary."""
+    integration: str = "interleaved"
+    """How the pair's two parts share heads and blocks: interleaved | merged | multihead."""
+    layout: Optional[list[str]] = None
+    """An explicit cycle of patterns per residual block, e.g. [stride, local, local, local]; wins over integration."""
+    backend: str = "auto"
+    """auto | reference | blocked | sdpa | flex (auto: sdpa for dense; flex for sparse on CUDA, blocked on CPU)."""
+
+
+@dataclass
+class DataConfig:
+    modality: str = "text"
+    """text | image | audio: picks the DataModule."""
+    source: str = "pydoc"
+    """Where the data comes from: a built-in offline corpus (pydoc), a hub dataset name, or 'local' (data.path)."""
+    path: Optional[str] = None
+    """Local file or folder to read instead of the hub (enwik8 file or zip, image folder, audio files)."""
+    cache_dir: str = "data"
+    """Where prepared token arrays are stored (never committed)."""
+    seq_len: int = 256
+    """Tokens per training window (n); images: H*W*C."""
+    shape: Optional[list[int]] = None
+    """The data's shape for factorized positions, e.g. [64, 64, 3]; text/audio default to [seq_len/stride, stride]."""
+    batch_size: int = 16
+    """Windows per step per device."""
+    eval_batch_size: Optional[int] = None
+    """Windows per validation/test step (default: batch_size)."""
+    splits: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
+    """Fractions of a single-stream corpus used for train / val / test (contiguous, in that order)."""
+    max_bytes: Optional[int] = None
+    """Cap on the prepared tokens (e.g. to carry a subset to the GPU machine)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    pin_memory: bool = False
+    """Pin host memory for faster copies to the GPU."""
+    persistent_workers: bool = False
+    """Keep workers alive between epochs (needs num_workers > 0)."""
+    streaming: bool = False
+    """Stream a hub dataset (IterableDataset sharded per rank) instead of preparing it on disk."""
+    val_windows: Optional[int] = None
+    """Evaluate on at most this many validation windows (None: the whole split)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 5000
+    """Linear warm-up steps, then cosine decay to min_lr_ratio*lr at the last step."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of lr."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay on the linear layers' weight matrices (not biases, norms or embeddings)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: off)."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2 (OpenAI's code: 0.999)."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: use max_epochs)."""
+    max_epochs: Optional[int] = None
+    """Stop after this many epochs (None with max_steps=-1: 1 epoch)."""
+    max_time: Optional[str] = None
+    """Wall-clock limit, DD:HH:MM:SS (Lightning's max_time)."""
+    precision: str = "auto"
+    """auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed (dynamic loss scaling) | 64."""
+    accelerator: str = "auto"
+    """auto | cpu | gpu."""
+    devices: Any = "auto"
+    """Devices per node (an int, a list, or auto)."""
+    num_nodes: int = 1
+    """Nodes (multi-node through SLURM or torchrun)."""
+    strategy: str = "auto"
+    """auto | ddp | fsdp | ddp_spawn."""
+    accumulate_grad_batches: int = 1
+    """Gradient accumulation steps."""
+    val_check_interval: Optional[float] = None
+    """Validate every this many training steps (> 1) or this fraction of an epoch (<= 1)."""
+    limit_val_batches: Optional[float] = None
+    """Validate on at most this many batches (int) or fraction (float)."""
+    log_every_n_steps: int = 10
+    """How often to log training metrics."""
+    fast_dev_run: bool = False
+    """Run one training and one validation batch, for smoke tests."""
+    enable_progress_bar: bool = True
+    """Show Lightning's progress bar."""
+    deterministic: bool = False
+    """Ask torch for deterministic algorithms."""
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"
+    """wandb | csv | none."""
+    project: str = "sparse-transformer"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B entity (team or user)."""
+    group: Optional[str] = None
+    """W&B group."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+    name: Optional[str] = None
+    """Run name (default: the run folder's name)."""
+    log_model: bool = False
+    """Upload checkpoints to W&B as artifacts."""
+
+
+@dataclass
+class Config:
+    exp: str = "default"
+    """Experiment name: conf/exp/<exp>.yaml."""
+    seed: int = 0
+    """Seed for weights, data windows and dropout."""
+    run_dir: Optional[str] = None
+    """Run folder (default: runs/<exp>/<timestamp>, named once by rank 0)."""
+    imports: list[str] = field(default_factory=list)
+    """Python modules to import first (e.g. ones that register user patterns)."""
+    resume: Optional[str] = None
+    """Resume from 'last' (the run folder's last.ckpt) or a checkpoint path."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Field documentation (read from the attribute docstrings above, for --help and error messages)
+# ------------------------------------------------------------------------------------------------
+def field_docs(cls=Config, prefix: str = "") -> dict[str, str]:
+    """``{dotted key: docstring}`` for every leaf of the schema."""
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    own = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+            own[a.target.id] = str(b.value.value)
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        sub = hints[f.name] if is_dataclass(hints[f.name]) else None
+        if sub is not None:
+            docs.update(field_docs(sub, f"{prefix}{f.name}."))
+        else:
+            docs[f"{prefix}{f.name}"] = own.get(f.name, "")
+    return docs
+
+
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line -> merged config
+# ------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> tuple[str, list[str], set[str]]:
+    """Split argv into (experiment, dotted overrides, flags)."""
+    exp, overrides, flags = None, [], set()
+    for a in argv:
+        if a in ("--cfg", "--help", "-h"):
+            flags.add(a.lstrip("-"))
+            continue
+        s = a[2:] if a.startswith("--") else a
+        if "=" not in s:
+            raise ConfigError(f"argument {a!r} is not key=value (e.g. model.n_layer=4) or --cfg / --help")
+        key, value = s.split("=", 1)
+        if key == "exp":
+            exp = value
+        else:
+            overrides.append(f"{key}={value}")
+    return exp or "default", overrides, flags
+
+
+def _known_keys() -> dict[str, str]:
+    return field_docs()
+
+
+def _check_keys(cfg_keys: list[str], where: str) -> None:
+    known = _known_keys()
+    for key in cfg_keys:
+        if key in known:
+            continue
+        # a parent of a known key (e.g. attention.layout is a list) or a key inside a list value
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"see --help for the {len(known)} valid keys"
+        raise ConfigError(f"unknown key {key} in {where}: {hint}")
+
+
+def _leaf_keys(d: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and not key.endswith(("layout", "shape", "tags", "splits", "imports")):
+                out.extend(_leaf_keys(v, key + "."))
+            else:
+                out.append(key)
+    return out
+
+
+def _load_yaml(path: Path, what: str) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors and the like
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if cfg is None:
+        return OmegaConf.create({})
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{what} {path} must be a mapping of keys, got a {type(cfg).__name__}")
+    return cfg
+
+
+def _omegaconf_error(e: OmegaConfBaseException) -> ConfigError:
+    key = getattr(e, "full_key", None) or "?"
+    msg = str(e).splitlines()[0]
+    if "Value '" in msg and "could not be converted" in msg:
+        value = msg.split("Value '")[1].split("'")[0]
+        typ = msg.rsplit("to ", 1)[-1].strip()
+        return ConfigError(f"{key}={value!s} is not a valid {typ}")
+    return ConfigError(f"{key}: {msg}")
+
+
+def load_config(argv: list[str] | None = None, *, validate: bool = True) -> tuple[DictConfig, set[str]]:
+    """Merge schema -> conf/config.yaml -> conf/exp/<exp>.yaml -> argv; validate; return (cfg, flags)."""
+    argv = sys.argv[1:] if argv is None else argv
+    exp, overrides, flags = parse_args(argv)
+    if "help" in flags:
+        return OmegaConf.structured(Config), flags
+    layers = [OmegaConf.structured(Config)]
+    base = CONF_DIR / "config.yaml"
+    if base.exists():
+        y = _load_yaml(base, "config file")
+        _check_keys(_leaf_keys(OmegaConf.to_container(y)), str(base))
+        layers.append(y)
+    exp_path = CONF_DIR / "exp" / f"{exp}.yaml"
+    if not exp_path.exists():
+        raise ConfigError(f"experiment exp={exp} does not exist: valid: {', '.join(experiments())}")
+    y = _load_yaml(exp_path, "experiment")
+    _check_keys(_leaf_keys(OmegaConf.to_container(y)), str(exp_path))
+    layers.append(y)
+    try:
+        cli = OmegaConf.from_dotlist(overrides)
+    except Exception as e:
+        raise ConfigError(f"could not parse the command line: {str(e).splitlines()[0]}") from None
+    _check_keys(_leaf_keys(OmegaConf.to_container(cli)), "the command line")
+    layers.append(cli)
+    try:
+        cfg = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as e:
+        raise _omegaconf_error(e) from None
+    cfg.exp = exp
+    if validate:
+        check(cfg)
+    return cfg, flags
+
+
+# ------------------------------------------------------------------------------------------------
+# Semantic checks
+# ------------------------------------------------------------------------------------------------
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _import_user_modules(cfg: DictConfig) -> None:
+    for mod in cfg.imports:
+        try:
+            importlib.import_module(mod)
+        except Exception as e:
+            raise ConfigError(f"imports: could not import {mod!r} ({type(e).__name__}: {e}); give an importable module") from None
+
+
+def positional_shape(cfg: DictConfig) -> list[int]:
+    """The data shape the factorized positional embeddings use."""
+    if cfg.data.shape:
+        return [int(x) for x in cfg.data.shape]
+    n, l = cfg.data.seq_len, cfg.attention.stride
+    return [n // l, l]
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first invalid key and what would be valid."""
+    m, a, d, o, t, lg = cfg.model, cfg.attention, cfg.data, cfg.optim, cfg.trainer, cfg.logger
+    _need(m.n_layer >= 1, f"model.n_layer={m.n_layer} must be >= 1")
+    _need(m.n_head >= 1, f"model.n_head={m.n_head} must be >= 1")
+    _need(m.d_model >= 1 and m.d_model % m.n_head == 0, f"model.d_model={m.d_model} must be a positive multiple of model.n_head={m.n_head}")
+    d_qk = round(m.d_model * m.qk_ratio)
+    _need(0 < m.qk_ratio <= 4 and d_qk % m.n_head == 0 and d_qk >= m.n_head,
+          f"model.qk_ratio={m.qk_ratio} must make d_model*qk_ratio a positive multiple of n_head={m.n_head} (e.g. 1.0 or 0.5)")
+    _need(m.ffn_mult > 0, f"model.ffn_mult={m.ffn_mult} must be > 0 (4, or 2 for half-size)")
+    for key in ("dropout", "emb_dropout"):
+        _need(0 <= m[key] < 1, f"model.{key}={m[key]} must be in [0, 1)")
+    _need(m.vocab_size >= 2, f"model.vocab_size={m.vocab_size} must be >= 2")
+
+    builtin = list(PRIMITIVES) + list(PAIRS)
+    names = set(builtin)
+    if cfg.imports or a.pattern not in names or any(x not in names for x in (a.layout or [])):
+        _import_user_modules(cfg)
+        from .attention.patterns import registered_patterns  # torch only for user patterns
+
+        names |= set(registered_patterns())
+    valid = ", ".join(sorted(names, key=lambda x: (x not in builtin, builtin.index(x) if x in builtin else 0, x)))
+    if a.pattern not in names:
+        close = difflib.get_close_matches(a.pattern, list(names), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"attention.pattern={a.pattern} is unknown{hint}; valid: {valid}")
+    for x in a.layout or []:
+        _need(x in names, f"attention.layout entry {x!r} is unknown; valid: {valid}")
+    _need(a.stride >= 1, f"attention.stride={a.stride} must be an int >= 1 (about sqrt(seq_len))")
+    fixedish = a.pattern in ("fixed", "summary") or any(x in ("fixed", "summary") for x in (a.layout or []))
+    if fixedish:
+        _need(a.summary is not None, "attention.summary must be set for a fixed/summary pattern: an int in 1..stride (8, 16 or 32 in the paper)")
+        _need(1 <= a.summary <= a.stride, f"attention.summary={a.summary} must be in 1..attention.stride={a.stride}")
+        _need(1 <= a.summary_heads <= a.stride // a.summary,
+              f"attention.summary_heads={a.summary_heads} must be in 1..stride/summary={a.stride // a.summary}")
+    _need(a.integration in INTEGRATIONS, f"attention.integration={a.integration} is unknown; valid: {', '.join(INTEGRATIONS)}")
+    if a.integration == "multihead" and a.pattern in PAIRS and not a.layout:
+        _need(m.n_head >= 2, f"attention.integration=multihead needs model.n_head >= 2, got {m.n_head}")
+    _need(a.backend in BACKENDS, f"attention.backend={a.backend} is unknown; valid: {', '.join(BACKENDS)}")
+    if a.backend == "sdpa":
+        _need(a.pattern == "dense" and not a.layout, f"attention.backend=sdpa runs only attention.pattern=dense, got {a.pattern}; use auto")
+
+    _need(d.modality in MODALITIES, f"data.modality={d.modality} is unknown; valid: {', '.join(MODALITIES)}")
+    _need(d.seq_len >= 2, f"data.seq_len={d.seq_len} must be >= 2")
+    _need(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be >= 1")
+    if d.shape:
+        prod = 1
+        for x in d.shape:
+            prod *= int(x)
+        _need(prod == d.seq_len, f"data.shape={list(d.shape)} has {prod} positions but data.seq_len={d.seq_len}; make them agree")
+    else:
+        sparse = a.pattern != "dense" or bool(a.layout)
+        why = f"for pattern {a.pattern}" if sparse else "for the factorized positions (seq_len/stride, stride)"
+        _need(d.seq_len % a.stride == 0,
+              f"data.seq_len={d.seq_len} must be a multiple of attention.stride={a.stride} {why}: "
+              f"e.g. {max(a.stride, d.seq_len // a.stride * a.stride)} or {(d.seq_len // a.stride + 1) * a.stride}")
+    _need(len(d.splits) == 3 and all(x >= 0 for x in d.splits) and 0 < sum(d.splits) <= 1.0 + 1e-9,
+          f"data.splits={list(d.splits)} must be three fractions (train, val, test) summing to at most 1")
+    _need(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
+
+    _need(o.lr > 0, f"optim.lr={o.lr} must be > 0")
+    _need(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    _need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    _need(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 turns clipping off)")
+    _need(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
+
+    _need(str(t.precision) in PRECISIONS, f"trainer.precision={t.precision} is not valid; valid: {', '.join(PRECISIONS)}")
+    _need(t.strategy in STRATEGIES, f"trainer.strategy={t.strategy} is unknown; valid: {', '.join(STRATEGIES)}")
+    _need(t.max_steps == -1 or t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be -1 (off) or >= 1")
+    _need(t.accumulate_grad_batches >= 1, f"trainer.accumulate_grad_batches={t.accumulate_grad_batches} must be >= 1")
+    _need(lg.kind in LOGGERS, f"logger.kind={lg.kind} is unknown; valid: {', '.join(LOGGERS)}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def help_text() -> str:
+    lines = ["usage: python -m sparse_transformer.train [exp=<name>] [key=value ...] [--key=value ...] [--cfg]", "",
+             f"experiments: {', '.join(experiments())}", "", "keys:"]
+    for k, doc in field_docs().items():
+        lines.append(f"  {k:32s} {doc}")
+    return "\n".join(lines)
+
+
+def main_config(argv: list[str] | None = None) -> DictConfig:
+    """For entry points: parse, validate, handle --help/--cfg; on a bad command line print one line, exit 2."""
+    try:
+        cfg, flags = load_config(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if "help" in flags:
+        print(help_text())
+        raise SystemExit(0)
+    if "cfg" in flags:
+        print(to_yaml(cfg), end="")
+        raise SystemExit(0)
+    return cfg

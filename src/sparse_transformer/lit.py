@@ -1,0 +1,97 @@
+"""The LightningModule: next-token cross-entropy reported in bits per dim, AdamW with linear
+warm-up and cosine decay. Lightning does the loops, precision, clipping, DDP and checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MeanMetric
+
+from .model import NetConfig, SparseTransformer
+
+LN2 = math.log(2.0)
+
+
+class SparseTransformerLM(L.LightningModule):
+    """Wraps ``SparseTransformer``. ``config`` is the run's resolved config (a plain dict, saved in
+    every checkpoint as hyper-parameters); ``shape`` is the data's shape for the positions."""
+
+    def __init__(self, config: dict, shape: list[int]):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        self.net = SparseTransformer(NetConfig.from_config(self.cfg, shape))
+        self.train_bpd = MeanMetric()
+        self.val_bpd = MeanMetric()
+        self.test_bpd = MeanMetric()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.net(idx)
+
+    def _nll(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed negative log-likelihood (nats) over the masked positions, and their count."""
+        tokens, mask = batch
+        logits = self.net(tokens)
+        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1), reduction="none")
+        m = mask.reshape(-1).to(nll.dtype)
+        return (nll * m).sum(), m.sum()
+
+    def training_step(self, batch, batch_idx):
+        nll, count = self._nll(batch)
+        loss = nll / count
+        self.train_bpd(loss.detach() / LN2)
+        self.log("train/bpd", self.train_bpd, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        nll, count = self._nll(batch)
+        self.val_bpd.update(nll / count / LN2, weight=count)
+        self.log("val/bpd", self.val_bpd, on_step=False, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        nll, count = self._nll(batch)
+        self.test_bpd.update(nll / count / LN2, weight=count)
+        self.log("test/bpd", self.test_bpd, on_step=False, on_epoch=True)
+
+    # ------------------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """Weight decay on the linear layers' weight matrices only; biases, LayerNorms and the
+        (token and positional) embeddings are not decayed."""
+        decay, no_decay = [], []
+        for mod in self.net.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                (decay if isinstance(mod, torch.nn.Linear) and name == "weight" else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": self.cfg.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        fused = {"fused": True} if torch.cuda.is_available() and self.device.type == "cuda" else {}
+        opt = torch.optim.AdamW(self.param_groups(), lr=o.lr, betas=(o.beta1, o.beta2), **fused)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        warm = min(o.warmup_steps, max(total - 1, 0))
+        sched = [torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / max(warm, 1), end_factor=1.0, total_iters=max(warm, 1))]
+        cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total - warm, 1), eta_min=o.lr * o.min_lr_ratio)
+        schedule = torch.optim.lr_scheduler.SequentialLR(opt, sched + [cos], milestones=[max(warm, 1)]) if warm else cos
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
+
+
+def load_checkpoint(path: str, *, backend: str | None = None, map_location="cpu") -> SparseTransformerLM:
+    """Load a trained model; ``backend`` runs its attention elsewhere (e.g. flex-trained on blocked)."""
+    lit = SparseTransformerLM.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    if backend:
+        lit.net.set_backend(backend)
+    return lit
+
+
+def config_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
