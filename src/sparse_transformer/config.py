@@ -297,6 +297,7 @@ def _omegaconf_error(e: OmegaConfBaseException) -> ConfigError:
     if "Value '" in msg and "could not be converted" in msg:
         value = msg.split("Value '")[1].split("'")[0]
         typ = msg.rsplit("to ", 1)[-1].strip()
+        typ = {"Integer": "int", "Float": "float", "Boolean": "bool (true or false)", "String": "str"}.get(typ, typ)
         return ConfigError(f"{key}={value!s} is not a valid {typ}")
     return ConfigError(f"{key}: {msg}")
 
@@ -426,6 +427,9 @@ def check(cfg: DictConfig) -> None:
     _need(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
 
     _need(str(t.precision) in PRECISIONS, f"trainer.precision={t.precision} is not valid; valid: {', '.join(PRECISIONS)}")
+    dev = t.devices
+    _need(dev == "auto" or isinstance(dev, int) or (isinstance(dev, (list, ListConfig)) and all(isinstance(x, int) for x in dev)),
+          f"trainer.devices={dev} must be auto, a count (e.g. 2; -1 for all) or a list of device indices")
     _need(t.strategy in STRATEGIES, f"trainer.strategy={t.strategy} is unknown; valid: {', '.join(STRATEGIES)}")
     _need(t.max_steps == -1 or t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be -1 (off) or >= 1")
     _need(t.accumulate_grad_batches >= 1, f"trainer.accumulate_grad_batches={t.accumulate_grad_batches} must be >= 1")

@@ -1,0 +1,95 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from sparse_transformer.config import CONF_DIR, ConfigError, experiments, field_docs, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def test_merge_order_schema_yaml_exp_cli():
+    cfg, _ = load_config([])
+    exp = OmegaConf.load(CONF_DIR / "exp" / "default.yaml")
+    assert cfg.exp == "default"
+    assert cfg.model.n_layer == exp.model.n_layer  # experiment over schema
+    assert cfg.model.ffn_mult == 4.0  # schema default kept where nobody overrides
+    assert cfg.trainer.log_every_n_steps == OmegaConf.load(CONF_DIR / "config.yaml").trainer.log_every_n_steps
+    cfg, _ = load_config(["model.n_layer=2", "--attention.stride=8", "exp=default"])
+    assert cfg.model.n_layer == 2 and cfg.attention.stride == 8  # command line wins, both spellings
+
+
+def test_every_field_has_a_docstring_and_required_keys_exist():
+    docs = field_docs()
+    assert all(docs.values()), [k for k, v in docs.items() if not v]
+    for key in ("seed", "model.n_layer", "model.n_head", "model.d_model", "model.ffn_mult", "model.qk_ratio",
+                "model.dropout", "model.recompute", "attention.pattern", "attention.stride", "attention.summary",
+                "attention.summary_heads", "attention.integration", "attention.layout", "attention.backend",
+                "data.seq_len", "data.batch_size", "data.path", "optim.lr", "optim.warmup_steps",
+                "optim.weight_decay", "optim.grad_clip", "trainer.max_steps", "trainer.max_epochs",
+                "trainer.precision", "trainer.devices", "logger.kind"):
+        assert key in docs, key
+
+
+def test_layout_list_override():
+    cfg, _ = load_config(["attention.layout=[stride,local,local,local]"])
+    assert list(cfg.attention.layout) == ["stride", "local", "local", "local"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["model.n_layr=4"], "did you mean model.n_layer?"),
+        (["attention.pattern=stridd"], "attention.pattern=stridd is unknown (did you mean strided?); valid: dense"),
+        (["attention.stride=0"], "attention.stride=0 must be an int >= 1"),
+        (["data.seq_len=1000", "attention.stride=128"], "data.seq_len=1000 must be a multiple of attention.stride=128"),
+        (["model.d_model=abc"], "model.d_model=abc is not a valid int"),
+        (["exp=nosuch"], "experiment exp=nosuch does not exist: valid: default"),
+        (["trainer.precision=8"], "trainer.precision=8 is not valid; valid: auto, 32"),
+        (["attention.pattern=fixed"], "attention.summary must be set"),
+        (["attention.pattern=fixed", "attention.summary=8", "attention.summary_heads=3"], "summary_heads=3 must be in 1..stride/summary=2"),
+        (["logger.kind=tensorboard"], "logger.kind=tensorboard is unknown; valid: wandb, csv, none"),
+        (["oops"], "is not key=value"),
+    ],
+)
+def test_bad_values_raise_one_line(args, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(args)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["model.n_layr=4"], ["attention.pattern=stridd"], ["attention.stride=0"], ["data.seq_len=1000", "attention.stride=128"],
+     ["model.d_model=abc"], ["exp=nosuch"], ["trainer.precision=8"]],
+)
+def test_cli_exits_2_with_one_line_and_writes_nothing(args, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sparse_transformer.train", *args], cwd=tmp_path, env=ENV,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cfg_prints_resolved_yaml_and_exits_0_without_heavy_imports(tmp_path):
+    code = ("import sys\nfrom sparse_transformer.config import main_config\n"
+            "try:\n    main_config(['exp=default', 'model.n_layer=4', '--cfg'])\n"
+            "except SystemExit as e:\n    print('EXIT', e.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert "EXIT 0 False False" in r.stdout
+    cfg = OmegaConf.create(r.stdout.split("EXIT")[0])
+    assert cfg.model.n_layer == 4 and cfg.exp == "default" and cfg.attention.pattern == "strided"
+    r = subprocess.run([sys.executable, "-m", "sparse_transformer.train", "exp=default", "model.n_layer=4", "--cfg"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "n_layer: 4" in r.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_every_experiment_resolves():
+    for exp in experiments():
+        cfg, _ = load_config([f"exp={exp}"])
+        assert cfg.exp == exp

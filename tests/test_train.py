@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+import yaml
+
+from sparse_transformer.config import load_config
+from sparse_transformer.lit import SparseTransformerLM, config_dict, load_checkpoint
+from sparse_transformer.train import main
+from tests.helpers import rel_err
+
+TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
+        "data.batch_size=4", "logger.kind=none", "trainer.enable_progress_bar=false", "data.val_windows=4"]
+
+
+def _args(tmp_path, *extra):
+    return ["exp=default", *TINY, f"run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", *extra]
+
+
+def test_fast_dev_run_of_the_default_experiment(tmp_path):
+    summary = main(["exp=default", "trainer.fast_dev_run=true", f"run_dir={tmp_path}/run",
+                    f"data.cache_dir={tmp_path}/data", "logger.kind=none"])
+    assert summary["steps"] == 1
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["exp"] == "default" and cfg["attention"]["pattern"] == "strided"
+
+
+def test_untrained_model_scores_8_bits_per_byte():
+    cfg, _ = load_config(TINY)
+    lit = SparseTransformerLM(config_dict(cfg), [8, 8])
+    tokens = torch.randint(0, 256, (2, 64))
+    nll, count = lit._nll((tokens, torch.ones_like(tokens, dtype=torch.bool)))
+    assert abs(nll / count / math.log(2) - 8.0) < 1e-5  # zero-initialised logits: uniform over 256
+
+
+def test_weight_decay_only_on_linear_weights():
+    cfg, _ = load_config(TINY)
+    lit = SparseTransformerLM(config_dict(cfg), [8, 8])
+    decay, no_decay = lit.param_groups()
+    assert decay["weight_decay"] == cfg.optim.weight_decay and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"])
+    ids = {id(p) for p in no_decay["params"]}
+    assert id(lit.net.tok_emb.weight) in ids and id(lit.net.blocks[0].ln1.weight) in ids
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(lit.parameters()))
+
+
+@pytest.mark.slow
+def test_checkpoint_moves_between_backends(tmp_path):
+    summary = main(_args(tmp_path, "attention.backend=reference", "attention.integration=merged",
+                         "trainer.max_steps=3", "optim.warmup_steps=1"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert summary["steps"] == 3 and ckpt.exists()
+    ref = load_checkpoint(str(ckpt)).eval()
+    blk = load_checkpoint(str(ckpt), backend="blocked").eval()
+    assert ref.net.blocks[0].attn.backend == "reference" and blk.net.blocks[0].attn.backend == "blocked"
+    x = torch.randint(0, 256, (2, 64))
+    with torch.no_grad():
+        a, b = ref(x), blk(x)
+    assert a.abs().sum() > 0 and rel_err(b, a) < 1e-5
