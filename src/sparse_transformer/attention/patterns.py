@@ -399,3 +399,43 @@ def warn_once(key, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         warnings.warn(message, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------
+# Counting attended pairs (for FLOPs, MFU and flop ratios)
+# --------------------------------------------------------------------------------------------
+def _row_count(p: Part, i: Tensor) -> Tensor:
+    l = p.stride
+    if p.name == "dense":
+        return i + 1
+    if p.name == "local":
+        return torch.clamp(i + 1, max=l)
+    if p.name == "stride":
+        return i // l + 1
+    if p.name == "block":
+        return i % l + 1
+    c, lo = p.summary, l - (p.slice + 1) * p.summary
+    return (i // l) * c + torch.clamp(i % l - lo + 1, min=0, max=c)
+
+
+def keys_per_query(parts: HeadParts, n: int) -> Tensor:
+    """(n,) int64: how many keys each query of one head attends (exact; analytic for the built-ins)."""
+    i = torch.arange(n, dtype=torch.int64)
+    names = [p.name for p in parts]
+    if all(x in PRIMITIVES for x in names):
+        if len(parts) == 1:
+            return _row_count(parts[0], i)
+        if names == ["local", "stride"] and parts[0].stride == parts[1].stride:
+            return _row_count(parts[0], i) + _row_count(parts[1], i) - 1  # the diagonal is in both
+        if names == ["block", "summary"] and parts[0].stride == parts[1].stride:
+            return _row_count(parts[0], i) + (i // parts[0].stride) * parts[1].summary  # own-block cells in both
+    out = torch.empty(n, dtype=torch.int64)
+    j = torch.arange(n)[None, :]
+    for s in range(0, n, 1024):  # chunked: O(n) memory per chunk
+        out[s : s + 1024] = union_mask(parts, i[s : s + 1024, None], j).sum(1)
+    return out
+
+
+def attended_pairs(heads: tuple, n: int) -> int:
+    """Allowed (query, key) pairs summed over the heads of a layer."""
+    return int(sum(int(keys_per_query(parts, n).sum()) for parts in heads))
