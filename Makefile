@@ -6,7 +6,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help setup test test-fast train
+.PHONY: help setup test test-fast train bench
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -23,3 +23,6 @@ test-fast:  ## the quick loop: skip tests marked slow
 
 train:  ## train an experiment: make train EXP=<name> ARGS="key=value ..."
 	$(PYTHON) -m sparse_transformer.train exp=$(EXP) $(ARGS)
+
+bench:  ## attention benchmark on a GPU: flex patterns vs dense SDPA, table + JSON/PNG under bench/results
+	$(PYTHON) bench/attention.py $(ARGS)

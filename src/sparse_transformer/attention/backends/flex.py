@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import torch
 
-from ..patterns import PRIMITIVES, Part, registry_version
+from ..patterns import _USER, PRIMITIVES, Part, registry_version
 from .common import merge_softmaxes
 
 Tensor = torch.Tensor
@@ -100,8 +100,6 @@ def _part_mask(p: Part, i, j, h):
         return causal & (_fdiv(i, l) == _fdiv(j, l))
     if p.name == "summary":
         raise AssertionError("summary runs through gathered columns")
-    from ..patterns import _USER
-
     return causal & _USER[p.name].fn(i, j, h).to(torch.bool)
 
 
@@ -305,8 +303,6 @@ def _plan(heads_key: tuple, n: int, device: str, version: int, heads: tuple) -> 
                 if cp.name == "summary":
                     colm = j_col <= q_idx
                 else:
-                    from ..patterns import _USER
-
                     colm = (j_col <= q_idx) & _USER[cp.name].fn(q_idx, j_col, hmap[h]).to(torch.bool)
                 return torch.where(in_nat, nat, colm & ~prior)
 
@@ -327,8 +323,6 @@ def _plan(heads_key: tuple, n: int, device: str, version: int, heads: tuple) -> 
             j = torch.remainder(kv_idx, nb) * w + _fdiv(kv_idx, nb)
             m = (_fdiv(q_idx, nb) == _fdiv(kv_idx, nb)) & (j <= i) & (i < n) & (j < n)
             if p.name != "stride":
-                from ..patterns import _USER
-
                 m = m & _USER[p.name].fn(i, j, hmap[h]).to(torch.bool)
             if prior:
                 m = m & ~_union(prior, i, j, hmap[h])
