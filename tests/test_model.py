@@ -34,11 +34,12 @@ def test_init_statistics_match_the_formulas():
     for emb in net.pos_emb:
         near(emb.weight, math.sqrt(0.125 / (d * 3)))
     for blk in net.blocks:
-        near(blk.attn.qkv.weight, math.sqrt(0.125 / d))
+        for lin in (blk.attn.q, blk.attn.k, blk.attn.v):
+            near(lin.weight, math.sqrt(0.125 / d))
         near(blk.ff.fc1.weight, math.sqrt(0.125 / d))
         near(blk.attn.proj.weight, math.sqrt(0.125 / d) / math.sqrt(2 * N))
         near(blk.ff.fc2.weight, math.sqrt(0.125 / (4 * d)) / math.sqrt(2 * N))
-        for b in (blk.attn.qkv.bias, blk.attn.proj.bias, blk.ff.fc1.bias, blk.ff.fc2.bias):
+        for b in (blk.attn.q.bias, blk.attn.k.bias, blk.attn.v.bias, blk.attn.proj.bias, blk.ff.fc1.bias, blk.ff.fc2.bias):
             assert torch.count_nonzero(b) == 0
     assert torch.count_nonzero(net.head.weight) == 0
 

@@ -55,12 +55,13 @@ def test_tiles_cover_the_pattern_and_full_tiles_are_full(pattern, integration, s
             for call in plan.calls:
                 bm = call.block_mask
                 Q, KV = bm.seq_lengths
-                exact = create_mask(bm.mask_mod, 1, len(idx), Q, KV, device="cpu")[0]  # (H, Q, KV)
+                Hc = len(idx) * (call.width if call.kind == "residue_view" else 1)  # the view's heads are (r, h)
+                exact = create_mask(bm.mask_mod, 1, Hc, Q, KV, device="cpu")[0]  # (H, Q, KV)
                 T = flex.TILE
                 nq, nk = -(-Q // T), -(-KV // T)
-                padded = torch.zeros(len(idx), nq * T, nk * T, dtype=torch.bool)
+                padded = torch.zeros(Hc, nq * T, nk * T, dtype=torch.bool)
                 padded[:, :Q, :KV] = exact
-                any_tile = padded.view(len(idx), nq, T, nk, T).any(4).any(2).any(0)  # tiles with an allowed pair
+                any_tile = padded.view(Hc, nq, T, nk, T).any(4).any(2).any(0)  # tiles with an allowed pair
                 listed = torch.zeros(nq, nk, dtype=torch.bool)
                 full = torch.zeros(nq, nk, dtype=torch.bool)
                 for r in range(nq):
@@ -70,9 +71,9 @@ def test_tiles_cover_the_pattern_and_full_tiles_are_full(pattern, integration, s
                 assert not (listed & full).any()
                 valid = torch.zeros(nq * T, nk * T, dtype=torch.bool)
                 valid[:Q, :KV] = True
-                all_tile = (padded | ~valid).view(len(idx), nq, T, nk, T).all(4).all(2).all(0)
+                all_tile = (padded | ~valid).view(Hc, nq, T, nk, T).all(4).all(2).all(0)
                 assert not (full & ~all_tile).any(), (pattern, integration, layer, call.kind)
-                assert call.tiles == int(listed.sum() + full.sum())
+                assert call.tiles == int(listed.sum() + full.sum()) * (call.width if call.kind == "residue_view" else 1)
 
 
 def test_flop_ratio_is_about_two_for_one_block_wide_patterns():

@@ -32,8 +32,11 @@ class SparseAttention(nn.Module):
         self.n_head, self.d_model, self.d_qk = n_head, d_model, d_qk
         self.heads = heads
         self.backend = backend
-        # one fused projection for q, k and v (same fan-in, so the same init formula)
-        self.qkv = nn.Linear(d_model, 2 * d_qk + d_model)
+        # separate projections: each output is a contiguous (B, n, H*dh) tensor, so the flex backend
+        # can view a stride layer's keys in OpenAI's transposed order without copying them
+        self.q = nn.Linear(d_model, d_qk)
+        self.k = nn.Linear(d_model, d_qk)
+        self.v = nn.Linear(d_model, d_model)
         self.proj = nn.Linear(d_model, d_model)
 
     @property
@@ -41,11 +44,10 @@ class SparseAttention(nn.Module):
         return (self.d_qk // self.n_head) ** -0.5
 
     def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v as (B, H, n, dh) views of contiguous (B, n, H, dh) tensors."""
         B, n, _ = x.shape
-        q, k, v = self.qkv(x).split([self.d_qk, self.d_qk, self.d_model], dim=-1)
         H = self.n_head
-        return (q.view(B, n, H, -1).transpose(1, 2), k.view(B, n, H, -1).transpose(1, 2),
-                v.view(B, n, H, -1).transpose(1, 2))
+        return tuple(f(x).view(B, n, H, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.split_heads(x)

@@ -61,7 +61,9 @@ def _flex():
 
         # one entry per (mask, length, head dim): a model with a few patterns and lengths needs a
         # handful; past the limit dynamo silently falls back to the slow eager path, so raise it.
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        for name in ("cache_size_limit", "recompile_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
         _compiled = torch.compile(flex_attention, dynamic=False)
     return _compiled
 
@@ -312,26 +314,84 @@ def _plan(heads_key: tuple, n: int, device: str, version: int, heads: tuple) -> 
     prior_parts = natural + hintless
     for p in residue:
         w = p.structure.width
-        nb = math.ceil(n / w)
-        n_pad = nb * w
-        partial, full = _residue_tiles(n_pad, nb)
-        kv_num, kv_idx, f_num, f_idx, tiles = _tiles_from_lists(partial, full, device, math.ceil(n_pad / TILE))
         prior = [x for x in prior_parts if x.structure is None or x.structure.kind != "columns"]
-
-        def mask_mod(b, h, q_idx, kv_idx, p=p, w=w, nb=nb, prior=prior):
-            i = torch.remainder(q_idx, nb) * w + _fdiv(q_idx, nb)  # transposed index -> position
-            j = torch.remainder(kv_idx, nb) * w + _fdiv(kv_idx, nb)
-            m = (_fdiv(q_idx, nb) == _fdiv(kv_idx, nb)) & (j <= i) & (i < n) & (j < n)
-            if p.name != "stride":
-                m = m & _USER[p.name].fn(i, j, hmap[h]).to(torch.bool)
-            if prior:
-                m = m & ~_union(prior, i, j, hmap[h])
-            return m
-
-        bm = BlockMask.from_kv_blocks(kv_num, kv_idx, f_num, f_idx, BLOCK_SIZE=TILE, mask_mod=mask_mod, seq_lengths=(n_pad, n_pad))
-        calls.append(Call("residue", bm, width=w, padded=n_pad, tiles=tiles))
+        if n % w == 0:
+            calls.append(_residue_view_call(p, prior, n, w, Hg, hmap, device))
+        else:
+            calls.append(_residue_padded_call(p, prior, n, w, hmap, device))
         prior_parts = prior_parts + [p]
     return GroupPlan(calls, n)
+
+
+def _residue_padded_call(p, prior, n, w, hmap, device) -> Call:
+    """Stride-like part at a length that is not a multiple of l: pad, permute into the transposed
+    order (copies), causal attention inside chunks of n_pad/l."""
+    nb = math.ceil(n / w)
+    n_pad = nb * w
+    partial, full = _residue_tiles(n_pad, nb)
+    kv_num, kv_idx, f_num, f_idx, tiles = _tiles_from_lists(partial, full, device, math.ceil(n_pad / TILE))
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        i = torch.remainder(q_idx, nb) * w + _fdiv(q_idx, nb)  # transposed index -> position
+        j = torch.remainder(kv_idx, nb) * w + _fdiv(kv_idx, nb)
+        m = (_fdiv(q_idx, nb) == _fdiv(kv_idx, nb)) & (j <= i) & (i < n) & (j < n)
+        if p.name != "stride":
+            m = m & _USER[p.name].fn(i, j, hmap[h]).to(torch.bool)
+        if prior:
+            m = m & ~_union(prior, i, j, hmap[h])
+        return m
+
+    bm = BlockMask.from_kv_blocks(kv_num, kv_idx, f_num, f_idx, BLOCK_SIZE=TILE, mask_mod=mask_mod, seq_lengths=(n_pad, n_pad))
+    return Call("residue", bm, width=w, padded=n_pad, tiles=tiles)
+
+
+def _residue_view_call(p, prior, n, w, Hg, hmap, device) -> Call:
+    """Stride-like part when l divides n: OpenAI's transpose as a free view. Position m*l + r of
+    head h becomes row m of sequence (r, h): q, k, v viewed as (B, l*H, n/l, dh), no copy, and the
+    pattern is plain causal attention over sequences of n/l (strict when the diagonal belongs to an
+    earlier part, e.g. the local half of merged strided)."""
+    nb = n // w
+    simple_strict = p.name == "stride" and [x.name for x in prior] == ["local"] and prior[0].stride >= w
+    simple = p.name == "stride" and not prior
+    T = TILE
+    nq = math.ceil(nb / T)
+    partial = [[qb] for qb in range(nq)]
+    full = [list(range(qb)) if (simple or simple_strict) else [] for qb in range(nq)]
+    if not (simple or simple_strict):
+        partial = [list(range(qb + 1)) for qb in range(nq)]
+    kv_num, kv_idx, f_num, f_idx, tiles = _tiles_from_lists(partial, full, device, nq)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        if simple:
+            return kv_idx <= q_idx
+        if simple_strict:
+            return kv_idx < q_idx
+        r, hh = _fdiv(h, Hg), torch.remainder(h, Hg)
+        i, j = q_idx * w + r, kv_idx * w + r
+        m = kv_idx <= q_idx
+        if p.name != "stride":
+            m = m & _USER[p.name].fn(i, j, hmap[hh]).to(torch.bool)
+        if prior:
+            m = m & ~_union(prior, i, j, hmap[hh])
+        return m
+
+    bm = BlockMask.from_kv_blocks(kv_num, kv_idx, f_num, f_idx, BLOCK_SIZE=TILE, mask_mod=mask_mod, seq_lengths=(nb, nb))
+    return Call("residue_view", bm, width=w, padded=n, tiles=tiles * w)  # the tiles repeat for each residue r
+
+
+def _to_residue_view(x: Tensor, w: int) -> Tensor:
+    """(B, H, n, d) -> (B, l*H, n/l, d): a view when x is a transposed contiguous (B, n, H, d)."""
+    xt = x.transpose(1, 2)
+    if not xt.is_contiguous():
+        xt = xt.contiguous()
+    B, n, H, d = xt.shape
+    return xt.view(B, n // w, w, H, d).permute(0, 2, 3, 1, 4).reshape(B, w * H, n // w, d)
+
+
+def _from_residue_view(o: Tensor, w: int, H: int) -> Tensor:
+    """(B, l*H, n/l, d) -> (B, H, n, d) as a view of a contiguous (B, n, H, d) (one copy)."""
+    B, _, nb, d = o.shape
+    return o.view(B, w, H, nb, d).permute(0, 3, 1, 2, 4).reshape(B, nb * w, H, d).transpose(1, 2)
 
 
 def plan_for(parts_per_head: tuple, n: int, device) -> GroupPlan:
@@ -365,6 +425,12 @@ def _run_group(q, k, v, parts_per_head, scale, kernel_options=None):
                 kk = torch.cat([torch.nn.functional.pad(k, (0, 0, 0, pad)), torch.gather(k, 2, idx.expand(k.shape[0], -1, -1, k.shape[-1]))], 2)
                 vv = torch.cat([torch.nn.functional.pad(v, (0, 0, 0, pad)), torch.gather(v, 2, idx.expand(v.shape[0], -1, -1, v.shape[-1]))], 2)
             o, lse = _call(q, kk, vv, call.block_mask, scale, kernel_options)
+        elif call.kind == "residue_view":
+            w, H = call.width, q.shape[1]
+            o, lse = _call(_to_residue_view(q, w), _to_residue_view(k, w), _to_residue_view(v, w), call.block_mask, scale, kernel_options)
+            o = _from_residue_view(o, w, H)
+            B, _, nb = lse.shape
+            lse = lse.view(B, w, H, nb).permute(0, 2, 3, 1).reshape(B, H, n)
         else:
             w, n_pad = call.width, call.padded
             o, lse = _call(_to_transposed(q, w, n_pad), _to_transposed(k, w, n_pad), _to_transposed(v, w, n_pad),
