@@ -6,7 +6,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help setup test test-fast train bench
+.PHONY: help setup test test-fast train bench bench-train
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -26,3 +26,6 @@ train:  ## train an experiment: make train EXP=<name> ARGS="key=value ..."
 
 bench:  ## attention benchmark on a GPU: flex patterns vs dense SDPA, table + JSON/PNG under bench/results
 	$(PYTHON) bench/attention.py $(ARGS)
+
+bench-train:  ## end-to-end training steps at the paper's shapes, sparse vs dense SDPA (GPU)
+	$(PYTHON) bench/train.py $(ARGS)

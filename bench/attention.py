@@ -66,8 +66,13 @@ def heads_for(pattern: str, H: int, l: int, c: int):
     return layer_heads(pattern, H, l, summary=c, summary_heads=min(4, l // c), integration="merged")
 
 
-def measure(pattern, n, l, c, B, H, d, dtype, backend, rep):
+def measure(pattern, n, l, c, B, H, d, dtype, backend, rep, kernel_options=None):
     heads = heads_for(pattern, H, l, c)
+    if kernel_options is not None:
+        def attend(q, k, v, heads, backend):  # noqa: F811  (flex with explicit kernel options)
+            return flex.attend(q, k, v, heads, q.shape[-1] ** -0.5, kernel_options=kernel_options)
+    else:
+        from sparse_transformer.attention import attend
     q, k, v = (torch.randn(B, H, n, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     gout = torch.randn(B, H, n, d, device="cuda", dtype=dtype)
 
@@ -99,7 +104,7 @@ def measure(pattern, n, l, c, B, H, d, dtype, backend, rep):
         head_dim=d, dtype=str(dtype).replace("torch.", ""), fwd_ms=round(fwd_ms, 4), fwdbwd_ms=round(fwdbwd_ms, 4),
         useful_tflops=round(3.5 * flops / (fwdbwd_ms * 1e-3) / 1e12, 2), fwd_tflops=round(flops / (fwd_ms * 1e-3) / 1e12, 2),
         pairs=pairs, flop_ratio=round(tiles * flex.TILE**2 / pairs, 3) if tiles else None, peak_mem_gb=round(peak, 3),
-        recompiles_in_timed_steps=int(recompiles),
+        recompiles_in_timed_steps=int(recompiles), kernel_options=kernel_options or "default",
     )
 
 
@@ -109,6 +114,10 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--long", action="store_true", help="also one layer at n = 262,144 and 1,048,576")
     ap.add_argument("--patterns", default=",".join(PATTERNS))
+    ap.add_argument("--variants", action="store_true", help="local and strided at n = 16k with other kernel options")
+    ap.add_argument("--lengths", default="4096,16384,65536")
+    ap.add_argument("--extra-head-dims", default="32,128", help="head dims timed at n = 16384 besides 64")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench/attention.py needs a CUDA GPU")
@@ -120,11 +129,12 @@ def main(argv=None):
                 sdpa_kernel="flash (torch.nn.attention.sdpa_kernel(FLASH_ATTENTION))", kernel_options="default (BLOCK 128x128)")
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    lengths = [4096, 16384] if args.quick else [4096, 16384, 65536]
+    lengths = [4096, 16384] if args.quick else [int(x) for x in args.lengths.split(",") if x]
+    extra = [] if args.quick else [int(x) for x in args.extra_head_dims.split(",") if x]
     rep = 5 if args.quick else 10
     tokens = 128 * 16384  # batch*heads*n held constant: B*H = 128 at n = 16k
     H = 16
-    shapes = [(n, 64) for n in lengths] + ([] if args.quick else [(16384, 32), (16384, 128)])
+    shapes = [(n, 64) for n in lengths] + [(16384, d) for d in extra]
     records = []
     patterns = args.patterns.split(",")
     for n, d in shapes:
@@ -150,6 +160,24 @@ def main(argv=None):
             r["setup_s"] = round(time.time() - t0, 1)
             records.append(r)
             print(_row(r), flush=True)
+    if args.variants:
+        n, d, l = 16384, 64, 128
+        B = tokens // (H * n)
+        dense_ms = next(r["fwdbwd_ms"] for r in records if r["pattern"] == "dense" and r["backend"] == "sdpa" and r["n"] == n and r["head_dim"] == d)
+        for ko in ({"ROWS_GUARANTEED_SAFE": True}, {"BLOCKS_ARE_CONTIGUOUS": True, "ROWS_GUARANTEED_SAFE": True},
+                   {"num_warps": 8, "num_stages": 2}, {"BLOCK_M": 64, "BLOCK_N": 64}):
+            for pattern in ("local", "strided"):
+                try:
+                    r = measure(pattern, n, l, 32, B, H, d, dtype, "flex", rep, kernel_options=ko)
+                    r.update(meta)
+                    r["kernel_options"] = ko
+                    r["dense_fwdbwd_ms"] = dense_ms
+                    r["speedup_vs_dense"] = round(dense_ms / r["fwdbwd_ms"], 2)
+                    r["variant"] = True
+                except Exception as e:  # an option the kernel rejects is a result too
+                    r = dict(pattern=pattern, backend="flex", n=n, kernel_options=ko, variant=True, error=f"{type(e).__name__}: {e}"[:300])
+                records.append(r)
+                print(_row(r), ko, flush=True)
     if args.long:
         for n in (262144, 1048576):
             l = 2 ** round(math.log2(math.sqrt(n)))
@@ -168,15 +196,16 @@ def main(argv=None):
                 torch.cuda.empty_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"attention-{card}.json").write_text(json.dumps(records, indent=1))
-    _plot(records, out / f"attention-{card}.png")
-    print(f"wrote {out / f'attention-{card}.json'}")
+    (out / f"attention-{card}{args.tag}.json").write_text(json.dumps(records, indent=1))
+    _plot(records, out / f"attention-{card}{args.tag}.png")
+    print(f"wrote {out / f'attention-{card}{args.tag}.json'}")
     return records
 
 
 def _row(r) -> str:
     if "error" in r:
         return f"{r['pattern']:8s} {r['backend']:5s} n={r['n']:>8d} {r['error']}"
+    r = {**r, "recompiles_in_timed_steps": r.get("recompiles_in_timed_steps", -1)}
     return (f"{r['pattern']:8s} {r['backend']:5s} n={r['n']:>8d} l={r['stride']:>4d} d={r['head_dim']:>3d} B={r['batch']:>3d} "
             f"fwd {r['fwd_ms']:8.3f} ms  fwd+bwd {r['fwdbwd_ms']:8.3f} ms  {r['useful_tflops']:6.1f} TFLOP/s  "
             f"x{r.get('speedup_vs_dense', float('nan')):6.2f} (ideal x{r.get('ideal_speedup', float('nan')):6.2f})  "
@@ -195,7 +224,7 @@ def _plot(records, path):
     for pattern in ["dense"] + PATTERNS:
         for backend in ("sdpa", "flex"):
             pts = sorted((r["n"], r["fwdbwd_ms"]) for r in records if r.get("pattern") == pattern and r.get("backend") == backend
-                         and r.get("head_dim") == 64 and "error" not in r and not r.get("long"))
+                         and r.get("head_dim") == 64 and "error" not in r and not r.get("long") and not r.get("variant"))
             if pts and not (pattern == "dense" and backend == "flex" and False):
                 label = "dense SDPA (FlashAttention)" if backend == "sdpa" else f"{pattern} (flex)"
                 if backend == "sdpa" and pattern != "dense":

@@ -73,6 +73,17 @@ def _flex():
 COMPILE = True
 
 
+_merge = None
+
+
+def _merge_compiled(outs, lses):
+    """The log-sum-exp merge, compiled into fused kernels (eager it is a dozen passes over n·d)."""
+    global _merge
+    if _merge is None:
+        _merge = torch.compile(merge_softmaxes, dynamic=False)
+    return _merge(outs, lses) if COMPILE else merge_softmaxes(outs, lses)
+
+
 def _call(q, k, v, block_mask, scale, kernel_options=None):
     fn = _flex() if COMPILE else flex_attention
     if AuxRequest is not None:
@@ -118,12 +129,13 @@ def _union(parts, i, j, h):
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Call:
-    kind: str  # "natural" or "residue"
+    kind: str  # "natural", "residue" (padded, permuted) or "residue_view" (a free view)
     block_mask: object
     width: int = 0  # residue: l
     padded: int = 0  # residue: n padded to a multiple of l; natural with columns: n padded to a tile multiple
     columns: Tensor | None = None  # natural: (H_g, |S|) gathered key positions per head
     tiles: int = 0  # computed tiles (partial + full), for flop_ratio
+    sdpa: bool = False  # residue_view with plain causal structure: FlashAttention can run it
 
 
 def _tiles_from_lists(partial: list[list[int]], full: list[list[int]], device, n_kv_tiles: int):
@@ -376,7 +388,7 @@ def _residue_view_call(p, prior, n, w, Hg, hmap, device) -> Call:
         return m
 
     bm = BlockMask.from_kv_blocks(kv_num, kv_idx, f_num, f_idx, BLOCK_SIZE=TILE, mask_mod=mask_mod, seq_lengths=(nb, nb))
-    return Call("residue_view", bm, width=w, padded=n, tiles=tiles * w)  # the tiles repeat for each residue r
+    return Call("residue_view", bm, width=w, padded=n, tiles=tiles * w, sdpa=simple)  # tiles repeat per residue r
 
 
 def _to_residue_view(x: Tensor, w: int) -> Tensor:
@@ -425,6 +437,14 @@ def _run_group(q, k, v, parts_per_head, scale, kernel_options=None):
                 kk = torch.cat([torch.nn.functional.pad(k, (0, 0, 0, pad)), torch.gather(k, 2, idx.expand(k.shape[0], -1, -1, k.shape[-1]))], 2)
                 vv = torch.cat([torch.nn.functional.pad(v, (0, 0, 0, pad)), torch.gather(v, 2, idx.expand(v.shape[0], -1, -1, v.shape[-1]))], 2)
             o, lse = _call(q, kk, vv, call.block_mask, scale, kernel_options)
+        elif call.kind == "residue_view" and call.sdpa and len(plan.calls) == 1:
+            # a stride layer alone: causal attention over sequences of n/l, FlashAttention's best case
+            w, H = call.width, q.shape[1]
+            o = torch.nn.functional.scaled_dot_product_attention(
+                _to_residue_view(q, w), _to_residue_view(k, w), _to_residue_view(v, w), is_causal=True, scale=scale)
+            outs.append(_from_residue_view(o, w, H))
+            lses.append(None)
+            continue
         elif call.kind == "residue_view":
             w, H = call.width, q.shape[1]
             o, lse = _call(_to_residue_view(q, w), _to_residue_view(k, w), _to_residue_view(v, w), call.block_mask, scale, kernel_options)
@@ -441,7 +461,7 @@ def _run_group(q, k, v, parts_per_head, scale, kernel_options=None):
         lses.append(lse.unsqueeze(-1))
     if len(outs) == 1:
         return outs[0]
-    out, _ = merge_softmaxes(outs, lses)
+    out, _ = _merge_compiled(outs, lses)
     return out
 
 
@@ -453,6 +473,7 @@ def groups(heads: tuple) -> list[tuple[list[int], tuple]]:
     return [(idx, tuple(heads[h] for h in idx)) for idx in g.values()]
 
 
+@torch.compiler.disable  # plans are Python-side caches; the kernels inside are compiled on their own
 def attend(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float, kernel_options=None) -> Tensor:
     if q.device.type != "cuda" and COMPILE:
         raise ValueError("attention.backend 'flex' needs a CUDA device (FlexAttention has no backward on CPU); use blocked")
