@@ -29,6 +29,14 @@ class SparseTransformerLM(L.LightningModule):
         self.val_bpd = MeanMetric()
         self.test_bpd = MeanMetric()
 
+    def configure_model(self) -> None:
+        """``model.compile``: torch.compile block by block (the same graph serves every block with the
+        same pattern; flex attention runs its own compiled kernels inside)."""
+        if self.cfg.model.get("compile") and not getattr(self, "_compiled", False):
+            for blk in self.net.blocks:
+                blk.compile()
+            self._compiled = True
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.net(idx)
 
