@@ -6,7 +6,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help setup test test-fast train
+.PHONY: help setup test test-fast train notebooks
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -23,3 +23,6 @@ test-fast:  ## the quick loop: skip tests marked slow
 
 train:  ## train an experiment: make train EXP=<name> ARGS="key=value ..."
 	$(PYTHON) -m sparse_transformer.train exp=$(EXP) $(ARGS)
+
+notebooks:  ## run the analysis notebooks (notebooks/*.py) and write HTML + figures to notebooks/out: NB_ARGS="attention_maps -p TRAIN_STEPS=300"
+	$(PYTHON) notebooks/run.py $(NB_ARGS)
