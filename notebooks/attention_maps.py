@@ -29,12 +29,13 @@ TRAIN_STEPS = 150  # steps of the tiny model trained when CHECKPOINT is None
 TRAIN_ARGS = ["model.n_layer=2", "model.n_head=4", "model.d_model=64", "data.seq_len=256", "data.batch_size=8",
               "attention.stride=16", "optim.warmup_steps=20", "data.val_windows=4"]
 DEMO = None  # "image" or "audio": a small *random* model on synthetic data of that modality (no training)
-DEMO_SHAPE = None  # its data shape, default (16, 16, 3) for images, (1024,) -> (32, 32) for audio
+DEMO_SHAPE = None  # its data shape: default (16, 16, 3) for images, (32, 32) for audio (n = 1024 as (n/l, l))
 N_EXAMPLES = 2  # examples for the statistics (the first one is drawn)
 N_QUERIES = 2  # query positions drawn per example
 DATA_DIR = None  # overrides the checkpoint's data.cache_dir (where its prepared data lives)
 WORK_DIR = "out/work"  # the tiny model's run folder and data cache
 FIG_DIR = "out/figures/attention_maps"
+TORCH_THREADS = 1  # None: torch's default. Small models: on a busy 2-core machine 2 threads ran 10-20x slower (spinning)
 
 # %%
 import shutil
@@ -45,6 +46,9 @@ import pandas as pd
 import torch
 
 from sparse_transformer import analysis as A
+
+if TORCH_THREADS:
+    torch.set_num_threads(TORCH_THREADS)
 
 t_start = time.time()
 figures, results = {}, {}
@@ -58,6 +62,9 @@ def keep(fig, name):
 
 # %% [markdown]
 # ## The model and its examples
+#
+# With `DEMO` the model is random (its q/k projections scaled up for contrast): the drawings then
+# show the pattern and the drawing path for that modality, not anything learned.
 
 # %%
 if DEMO:

@@ -36,17 +36,22 @@ SUMMARY = 2  # c
 SUMMARY_HEADS = 2  # distinct summary slices across heads
 N_ZOOM, STRIDE_ZOOM, SUMMARY_ZOOM, TILE_ZOOM = 128, 16, 4, 16  # the zoomed tile picture
 N_REAL, STRIDE_REAL, SUMMARY_REAL, TILE = 8192, 128, 32, 128  # enwik8-like: l = 128, c = 32
-SCALING_NS = [4**k for k in range(4, 11)]  # n = 256 .. 1M for the pairs-vs-n curves (l = sqrt n exactly)
+SCALING_NS = [2**k for k in range(8, 21)]  # n = 256 .. 1M for the pairs-vs-n curves (closed forms: any n)
 TILE_MAX_N = 8192  # tiles run are counted for n up to this
 D_HEAD = 64
 FIG_DIR = "out/figures/attention_patterns"
+TORCH_THREADS = 1  # None: torch's default. Small models: on a busy 2-core machine 2 threads ran 10-20x slower (spinning)
 
 # %%
 import time
 
 import pandas as pd
+import torch
 
 from sparse_transformer import analysis as A
+
+if TORCH_THREADS:
+    torch.set_num_threads(TORCH_THREADS)
 from sparse_transformer.attention import check_connectivity, layer_heads, pattern_mask, stack_masks
 
 t_start = time.time()
@@ -189,7 +194,7 @@ pd.DataFrame(
 #
 # ## 5. Attended pairs and FLOPs vs n
 #
-# One head per pattern with l = 2^round(log2 sqrt n) and c = min(32, l/4). Solid: exact pairs
+# One head per pattern with l = round(sqrt n) and c = min(32, l/4). Solid: exact pairs
 # (closed forms, checked against the masks in `tests/test_analysis.py`) and their FLOPs (QK^T and PV,
 # 4·d_head per pair); dashed: the FLOPs of the whole 128 x 128 tiles the as-run layout computes.
 
@@ -204,7 +209,8 @@ pd.DataFrame([{"n": r["n"], "pattern": r["pattern"], "l": r["stride"], "pairs": 
               for r in scaling if r["n"] in (SCALING_NS[0], min(TILE_MAX_N, SCALING_NS[-1]), SCALING_NS[-1])])
 
 # %% [markdown]
-# `strided` grows like n·(l + n/l) ~ n^1.5; `fixed` with a constant c adds n²·c/(2l) summary pairs,
+# `stride` and `block` attend the same number of pairs (their lines coincide). `strided` grows
+# like n·(l + n/l) ~ n^1.5; `fixed` with a constant c adds n²·c/(2l) summary pairs,
 # also ~ n^1.5 but with a larger constant. At small n a 128-tile kernel computes several times the
 # exact pairs (the local band is thinner than a tile); the waste shrinks as l approaches the tile.
 

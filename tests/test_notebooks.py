@@ -27,7 +27,7 @@ def runner():
 def run(name, out, params):
     t0 = time.time()
     res = runner().execute(name, out, params)
-    print(f"{name} {params.get('DEMO') or ''}: {time.time() - t0:.1f} s")
+    print(f"{name} {params.get('DEMO') or ''}: {time.time() - t0:.1f} s wall, {res['cpu_seconds']} s CPU")
     html = Path(res["html"]).read_text(encoding="utf-8")
     assert "Traceback" not in html and html.count("data:image/png;base64") >= 3  # figures embedded
     results = json.loads((Path(res["figures"]) / "results.json").read_text())
@@ -78,8 +78,8 @@ def test_attention_maps_notebook_trains_and_draws_text(tmp_path):
     check_maps(r)
 
 
-@pytest.mark.parametrize("demo,shape", [("image", [8, 8, 3]), ("audio", [16, 16])])
-def test_attention_maps_notebook_demo_modalities(tmp_path, demo, shape):
-    r = run("attention_maps", tmp_path, {"DEMO": demo, "DEMO_SHAPE": shape})
-    assert r["modality"] == demo and r["shape"] == shape
+def test_attention_maps_notebook_image_demo(tmp_path):
+    # a random model on synthetic images (the audio drawing path is tested in test_analysis.py)
+    r = run("attention_maps", tmp_path, {"DEMO": "image", "DEMO_SHAPE": [8, 8, 3]})
+    assert r["modality"] == "image" and r["shape"] == [8, 8, 3]
     check_maps(r)

@@ -423,8 +423,8 @@ def attention_flops(pairs: int, d_head: int, n_head: int = 1) -> int:
 
 
 def paper_stride(n: int) -> int:
-    """l ~ sqrt(n), a power of two dividing n when n is one (so blocks tile the sequence)."""
-    return max(1, 2 ** round(math.log2(math.sqrt(n))))
+    """l = round(sqrt(n)) (for n = 4^k a power of two that divides n)."""
+    return max(1, round(math.sqrt(n)))
 
 
 def scaling_parts(name: str, n: int, summary: int = 32) -> tuple:
@@ -711,9 +711,15 @@ def random_model(shape: Sequence[int], *, pattern: str = "strided", stride: int 
 
 
 def load_examples(cfg, count: int = 2, split: str = "validation") -> Tensor:
-    """int64 (count, n) tokens of the run's own data (its DataModule's first evaluation windows)."""
+    """int64 (count, n) tokens of the run's own data (its DataModule's first evaluation windows).
+
+    A relative ``data.cache_dir`` is taken from the repository root (where ``make train`` runs),
+    not from the notebook's folder."""
+    from .config import ROOT
     from .data import build_datamodule
 
+    if not Path(cfg.data.cache_dir).is_absolute():
+        cfg.data.cache_dir = str(ROOT / cfg.data.cache_dir)
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("validate")
@@ -884,7 +890,7 @@ def plot_scaling(rows: list[dict], d_head: int = 64, tile: int = 128):
     ns = np.array(sorted({r["n"] for r in rows}), dtype=float)
     a1.loglog(ns, ns ** 1.5, ":", color="grey", label="n^1.5")
     a1.set_ylabel("attended (query, key) pairs per head")
-    a1.set_title("pairs vs n (l = sqrt n rounded to 2^k, c = min(32, l/4))", fontsize=9)
+    a1.set_title("pairs vs n (l = round(sqrt n), c = min(32, l/4))", fontsize=9)
     a1.legend(fontsize=7)
     handles = [Line2D([], [], color=colors[nm], label=nm) for nm in names]
     handles += [Line2D([], [], color="k", ls="-", marker="o", ms=3, label="exact pairs"),
@@ -939,41 +945,62 @@ def _char(b: int) -> str:
     if b == 10:
         return "⏎"
     if b == 32:
-        return "␣"
+        return " "
     if 33 <= b < 127:
         return chr(b)
     return "·"
 
 
+def glyph_grid(chars: Sequence[str], greys: Sequence[float], width: int, cell: tuple[int, int] = (14, 20)) -> np.ndarray:
+    """RGBA float image (rows·h, width·w, 4) of ``chars`` in a grid of ``width`` columns, one
+    monospace glyph per cell (transparent background; ``greys`` = each glyph's grey level), to lay
+    over a heat map with ``imshow`` (one image instead of thousands of text artists)."""
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
+
+    w, h = cell
+    nrow = max(1, math.ceil(len(chars) / width))
+    img = Image.new("LA", (width * w, nrow * h), (0, 0))
+    draw = ImageDraw.Draw(img)
+    try:
+        font = ImageFont.truetype(font_manager.findfont("DejaVu Sans Mono"), int(h * 0.7))
+    except OSError:
+        font = ImageFont.load_default()
+    for k, (ch, g) in enumerate(zip(chars, greys)):
+        x, y = (k % width) * w + w / 2, (k // width) * h + h / 2
+        draw.text((x, y), ch, fill=(int(255 * g), 255), font=font, anchor="mm")
+    a = np.asarray(img, dtype=np.float64) / 255.0
+    return np.dstack([a[..., 0], a[..., 0], a[..., 0], a[..., 1]])
+
+
 def plot_text_attention(tokens: Tensor, maps: Tensor, query: int, width: int, labels=None,
-                        suptitle: str | None = None, window: tuple[int, int] | None = None):
+                        suptitle: str | None = None, window: tuple[int, int] | None = None, max_rows: int = 8):
     """For one text (``tokens`` (n,) bytes) and one query, per layer (rows) and head (columns): the
     characters in rows of ``width`` (the stride: local keys sit on the query's row and the one
     above, stride keys in its column), each cell shaded by its attention weight; the query boxed.
-    ``window`` = (first, last) positions to draw (default: the rows up to the query)."""
+    ``window`` = (first, last) positions to draw (default: the ``max_rows`` rows up to the query's)."""
     plt = _plt()
     from matplotlib.patches import Rectangle
 
     L, Hh = maps.shape[0], maps.shape[1]
-    lo, hi = window or (0, ((query // width) + 1) * width)
+    qrow = query // width
+    lo, hi = window or (max(0, qrow - max_rows + 1) * width, (qrow + 1) * width)
     lo, hi = lo // width * width, min(hi, tokens.shape[0])
     nrow = math.ceil((hi - lo) / width)
-    cw, ch = 0.14, 0.2
-    fig, axes = _grid(plt, L, Hh, max(2.4, width * cw + 0.3), max(1.2, nrow * ch + 0.5))
     toks = tokens.tolist()
+    glyphs = glyph_grid([_char(toks[p]) for p in range(lo, hi)], [0.0 if p <= query else 0.6 for p in range(lo, hi)],
+                        width)
+    extent = (-0.5, width - 0.5, nrow - 0.5, -0.5)
+    fig, axes = _grid(plt, L, Hh, max(2.4, width * 0.16 + 0.3), max(1.2, nrow * 0.22 + 0.5))
     for r in range(L):
         for h in range(Hh):
             ax = axes[r, h]
             w = maps[r, h].numpy()
-            vmax = max(float(w.max()), 1e-12)
-            shade = np.zeros((nrow, width))
-            for p in range(lo, hi):
-                shade[(p - lo) // width, (p - lo) % width] = w[p] / vmax
-            ax.imshow(shade, cmap="YlOrRd", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-            fs = max(3.0, min(7.0, 90.0 / width))
-            for p in range(lo, hi):
-                ax.text((p - lo) % width, (p - lo) // width, _char(toks[p]), ha="center", va="center", fontsize=fs,
-                        family="monospace", color="black" if p <= query else "#bbbbbb")
+            shade = np.zeros(nrow * width)
+            shade[: hi - lo] = w[lo:hi] / max(float(w.max()), 1e-12)
+            ax.imshow(shade.reshape(nrow, width), cmap="YlOrRd", vmin=0, vmax=1, aspect="auto",
+                      interpolation="nearest", extent=extent)
+            ax.imshow(glyphs, aspect="auto", interpolation="bilinear", extent=extent)
             ax.add_patch(Rectangle(((query - lo) % width - 0.5, (query - lo) // width - 0.5), 1, 1, fill=False,
                                    ec="blue", lw=1.2))
             lab = f" {labels[r][h]}" if labels else ""
