@@ -59,9 +59,8 @@ figures, results = {}, {}
 
 
 def keep(fig, name):
-    """Save a figure under FIG_DIR and remember its path."""
+    """Save a figure under FIG_DIR and remember its path (the cell shows it inline)."""
     figures[name] = A.save_figure(fig, f"{FIG_DIR}/{name}.png")
-    return fig
 
 
 # %% [markdown]

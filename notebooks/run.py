@@ -66,15 +66,14 @@ def execute(name: str, out_dir: str | Path, params: dict | None = None, timeout:
         params.setdefault("WORK_DIR", str(out_dir / "work"))
     nb = inject(jupytext.read(HERE / f"{name}.py"), params)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    env_path = os.environ.get("PYTHONPATH", "")
-    src = str(ROOT / "src")
-    os.environ["PYTHONPATH"] = src + (os.pathsep + env_path if env_path else "")  # the kernel inherits it
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    env = dict(os.environ)  # the kernel's environment: this package's src first on its path
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT / "src"), env.get("PYTHONPATH")) if x)
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend, whatever the caller uses
     t0, cpu0 = time.time(), _children_cpu()
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}})
+        client.execute(env=env)
     finally:
-        os.environ["PYTHONPATH"] = env_path
         seconds = time.time() - t0
         ipynb = out_dir / f"{name}.ipynb"
         nbformat.write(nb, ipynb)

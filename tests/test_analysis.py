@@ -356,3 +356,11 @@ def test_save_results_handles_tensors_and_nan(tmp_path):
 
     path = A.save_results({"t": torch.tensor([1.0, float("nan")]), "x": {"y": (1, 2)}}, tmp_path / "r.json")
     assert json.load(open(path)) == {"t": [1.0, None], "x": {"y": [1, 2]}}
+
+
+def test_layer_masks_and_integration_panels():
+    m = A.layer_masks("strided", 32, 4, n_layer=2, n_head=2, integration="multihead")
+    assert m.shape == (2, 2, 32, 32)
+    assert torch.equal(m[0, 0], pattern_mask("local", 32, 4)) and torch.equal(m[1, 1], pattern_mask("stride", 32, 4))
+    panels = A.integration_panels("strided", 32, 4, n_layer=2, n_head=2, integration="interleaved")
+    assert list(panels) == ["L0 H0: local", "L0 H1: local", "L1 H0: stride", "L1 H1: stride"]

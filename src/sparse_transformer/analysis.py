@@ -77,7 +77,7 @@ def layer_masks(
 def integration_panels(pattern: str, n: int, stride: int, *, n_layer: int = 2, n_head: int = 2,
                        summary: int | None = None, summary_heads: int = 1, integration: str = "interleaved",
                        layout=None) -> dict[str, Tensor]:
-    """``{"layer r head h: <parts>": (n, n) mask}`` for every layer and head of a small model."""
+    """``{"L<r> H<h>: <parts>": (n, n) mask}`` for every layer r and head h of a small model."""
     out = {}
     for r in range(n_layer):
         heads = layer_heads(pattern, n_head, stride, layer=r, summary=summary, summary_heads=summary_heads,
