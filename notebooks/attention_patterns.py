@@ -52,7 +52,7 @@ from sparse_transformer import analysis as A
 
 if TORCH_THREADS:
     torch.set_num_threads(TORCH_THREADS)
-from sparse_transformer.attention import check_connectivity, layer_heads, pattern_mask, stack_masks
+from sparse_transformer.attention import layer_heads, pattern_mask, stack_masks
 
 t_start = time.time()
 figures, results = {}, {}
@@ -153,6 +153,8 @@ keep(A.plot_reach(panels, ncols=5, size=2.4, suptitle=f"two-step reach at n={N},
 # runs) and **as run** (design.md: local/block in natural order; `stride` in OpenAI's transposed order,
 # where each residue class mod l is a contiguous chunk with causal attention inside; `summary` columns
 # gathered into a compact key set of n/l·c keys). A pair two groups allow is counted by the first.
+# This is the decomposition design.md prescribes (and the `blocked` CPU backend uses); the `flex`
+# GPU backend's block masks may differ in detail.
 #
 # First zoomed in (small n, small tiles; black dots are the allowed pairs, in each group's own order):
 

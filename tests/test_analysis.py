@@ -7,10 +7,8 @@ import matplotlib
 import pytest
 import torch
 
-matplotlib.use("Agg")
-
-from sparse_transformer import analysis as A  # noqa: E402
-from sparse_transformer.attention import (  # noqa: E402
+from sparse_transformer import analysis as A
+from sparse_transformer.attention import (
     check_connectivity,
     heads_mask,
     layer_heads,
@@ -20,7 +18,9 @@ from sparse_transformer.attention import (  # noqa: E402
     unregister_pattern,
 )
 
-from .helpers import brute_mask  # noqa: E402
+from .helpers import brute_mask
+
+matplotlib.use("Agg")  # pyplot is imported lazily by the drawing functions
 
 L_, C_ = 8, 2
 

@@ -1063,14 +1063,16 @@ def plot_head_stats(stats: dict, labels=None):
     for ax, val, title, fmt in ((a1, ent, "entropy (bits); (max if uniform)", "{:.2f}"),
                                 (a2, dist, "mean attention distance (positions)", "{:.1f}")):
         im = ax.imshow(val, cmap="viridis", aspect="auto")
+        lo, hi = np.nanmin(val), np.nanmax(val)
         for r in range(L):
             for h in range(H):
+                bright = hi > lo and (val[r, h] - lo) / (hi - lo) > 0.6  # viridis is light at the top
                 s = fmt.format(val[r, h])
                 if ax is a1 and uni is not None:
                     s += f"\n({uni[r, h]:.2f})"
                 if labels:
                     s = f"{labels[r][h]}\n" + s
-                ax.text(h, r, s, ha="center", va="center", fontsize=7, color="white")
+                ax.text(h, r, s, ha="center", va="center", fontsize=7, color="black" if bright else "white")
         ax.set_xticks(range(H))
         ax.set_yticks(range(L))
         ax.set_xlabel("head")
