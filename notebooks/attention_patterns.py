@@ -214,6 +214,8 @@ pd.DataFrame([{"n": r["n"], "pattern": r["pattern"], "l": r["stride"], "pairs": 
 # like n·(l + n/l) ~ n^1.5; `fixed` with a constant c adds n²·c/(2l) summary pairs,
 # also ~ n^1.5 but with a larger constant. At small n a 128-tile kernel computes several times the
 # exact pairs (the local band is thinner than a tile); the waste shrinks as l approaches the tile.
+# l = round(sqrt n) is a power of two only at n = 4^k: in between, blocks straddle tile edges and the
+# tile cost wobbles (a stride that is a multiple of the tile runs cheapest).
 
 # %%
 results["figures"] = figures
