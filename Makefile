@@ -6,7 +6,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help setup test test-fast train bench bench-train
+.PHONY: help setup test test-fast train bench bench-train notebooks
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -29,3 +29,6 @@ bench:  ## attention benchmark on a GPU: flex patterns vs dense SDPA, table + JS
 
 bench-train:  ## end-to-end training steps at the paper's shapes, sparse vs dense SDPA (GPU)
 	$(PYTHON) bench/train.py $(ARGS)
+
+notebooks:  ## run the analysis notebooks (notebooks/*.py) and write HTML + figures to notebooks/out: NB_ARGS="attention_maps -p TRAIN_STEPS=300"
+	$(PYTHON) notebooks/run.py $(NB_ARGS)
