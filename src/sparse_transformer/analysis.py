@@ -705,7 +705,8 @@ def random_model(shape: Sequence[int], *, pattern: str = "strided", stride: int 
                                       backend="blocked"))
     with torch.no_grad():
         for blk in net.blocks:
-            blk.attn.qkv.weight.mul_(sharpen)
+            for lin in (blk.attn.q, blk.attn.k, blk.attn.v):
+                lin.weight.mul_(sharpen)
         torch.nn.init.normal_(net.head.weight, std=d_model**-0.5)  # zero at OpenAI's init: heads would not matter
     return net.eval()
 
