@@ -185,6 +185,68 @@ class LoggerConfig:
     """Upload checkpoints to W&B as artifacts."""
 
 
+CACHE_MODES = ("sparse", "dense", "none")
+EVAL_SPLITS = ("test", "validation")
+
+
+@dataclass
+class SampleConfig:
+    ckpt: Optional[str] = None
+    """Checkpoint to sample from (ckpt=<path> on the command line)."""
+    n: int = 16
+    """Number of samples."""
+    batch_size: int = 16
+    """Samples generated together."""
+    temperature: float = 1.0
+    """Divide the logits by this (0: greedy, always the most likely token)."""
+    top_k: int = 0
+    """Sample among the k most likely tokens only (0: off)."""
+    top_p: float = 1.0
+    """Nucleus sampling: among the fewest most likely tokens whose probability reaches top_p (1: off)."""
+    prime: float = 0.0
+    """Prime each sample with this fraction of a test-split example (0.5: an image's top half, an audio clip's first half)."""
+    prime_tokens: Optional[int] = None
+    """Prime with this many tokens of a test-split example instead (wins over prime)."""
+    prompt: Optional[str] = None
+    """Text models: prime every sample with this text (UTF-8 bytes), instead of test data."""
+    length: Optional[int] = None
+    """Tokens per sample, prefix included (default: the model's sequence length)."""
+    cache: str = "sparse"
+    """sparse (each step attends only its pattern's keys) | dense (every cached key, masked) | none (recompute)."""
+    backend: str = "auto"
+    """Attention backend of full passes, i.e. the prefix (auto: blocked on CPU, flex on CUDA), whatever the checkpoint trained with."""
+    device: str = "auto"
+    """auto (cuda if available) | cpu | cuda | cuda:<index>."""
+    seed: int = 0
+    """Seed of the sampling generator and of the choice of priming examples."""
+    out: Optional[str] = None
+    """Output folder (default: <run>/samples/<timestamp>); must not exist yet."""
+    progress: bool = True
+    """Show a progress bar with tokens/s."""
+
+
+@dataclass
+class EvalConfig:
+    ckpt: Optional[str] = None
+    """Checkpoint to evaluate (ckpt=<path> on the command line)."""
+    split: str = "test"
+    """test | validation."""
+    min_context: int = 0
+    """Every scored token sees at least this much context (the paper's Table 3): overlapping windows scoring only their tail (0: disjoint windows)."""
+    batch_size: Optional[int] = None
+    """Windows per forward pass (default: data.eval_batch_size or data.batch_size)."""
+    limit: Optional[int] = None
+    """Score at most this many windows (a quick check; the JSON then says complete: false)."""
+    backend: str = "auto"
+    """Attention backend (auto: blocked on CPU, flex on CUDA), whatever the checkpoint trained with."""
+    device: str = "auto"
+    """auto (cuda if available) | cpu | cuda | cuda:<index>."""
+    out: Optional[str] = None
+    """JSON file to write (default: <run>/eval/<split>_bpd[_ctx<min_context>].json)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
 @dataclass
 class Config:
     exp: str = "default"
@@ -203,6 +265,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -434,6 +498,36 @@ def check(cfg: DictConfig) -> None:
     _need(t.max_steps == -1 or t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be -1 (off) or >= 1")
     _need(t.accumulate_grad_batches >= 1, f"trainer.accumulate_grad_batches={t.accumulate_grad_batches} must be >= 1")
     _need(lg.kind in LOGGERS, f"logger.kind={lg.kind} is unknown; valid: {', '.join(LOGGERS)}")
+    check_sample(cfg.sample)
+    check_eval(cfg.eval)
+
+
+def _device_ok(dev: str) -> bool:
+    return dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
+
+
+def check_sample(s, prefix: str = "sample.") -> None:
+    """The sampling options that need no checkpoint (the prefix is checked against it later)."""
+    _need(s.n >= 1, f"{prefix}n={s.n} must be >= 1 (how many samples)")
+    _need(s.batch_size >= 1, f"{prefix}batch_size={s.batch_size} must be >= 1")
+    _need(s.temperature >= 0, f"{prefix}temperature={s.temperature} must be >= 0 (0: greedy)")
+    _need(s.top_k >= 0, f"{prefix}top_k={s.top_k} must be >= 0 (0: off)")
+    _need(0 < s.top_p <= 1, f"{prefix}top_p={s.top_p} must be in (0, 1] (1: off)")
+    _need(0 <= s.prime < 1, f"{prefix}prime={s.prime} must be a fraction in [0, 1) of the sequence")
+    _need(s.prime_tokens is None or s.prime_tokens >= 0, f"{prefix}prime_tokens={s.prime_tokens} must be >= 0")
+    _need(s.length is None or s.length >= 1, f"{prefix}length={s.length} must be >= 1")
+    _need(s.cache in CACHE_MODES, f"{prefix}cache={s.cache} is unknown; valid: {', '.join(CACHE_MODES)}")
+    _need(s.backend in BACKENDS, f"{prefix}backend={s.backend} is unknown; valid: {', '.join(BACKENDS)}")
+    _need(_device_ok(s.device), f"{prefix}device={s.device} is unknown; valid: auto, cpu, cuda, cuda:<index>")
+
+
+def check_eval(e, prefix: str = "eval.") -> None:
+    _need(e.split in EVAL_SPLITS, f"{prefix}split={e.split} is unknown; valid: {', '.join(EVAL_SPLITS)}")
+    _need(e.min_context >= 0, f"{prefix}min_context={e.min_context} must be >= 0 (0: disjoint windows)")
+    _need(e.batch_size is None or e.batch_size >= 1, f"{prefix}batch_size={e.batch_size} must be >= 1")
+    _need(e.limit is None or e.limit >= 1, f"{prefix}limit={e.limit} must be >= 1")
+    _need(e.backend in BACKENDS, f"{prefix}backend={e.backend} is unknown; valid: {', '.join(BACKENDS)}")
+    _need(_device_ok(e.device), f"{prefix}device={e.device} is unknown; valid: auto, cpu, cuda, cuda:<index>")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -8,6 +8,9 @@ Attention in block r follows the pattern's integration (patterns.layer_heads). I
 OpenAI's: every linear weight N(0, 0.125/d_in), biases 0, the attention output projection and the
 second FF layer further × 1/sqrt(2N), token embedding std sqrt(0.125/d), each of the n_emb
 positional embeddings std sqrt(0.125/(d·n_emb)), logit layer 0.
+
+Generation (``generate``) runs one position at a time through a KV cache in which each step
+attends only the keys its pattern allows (attention/cache.py): O(l + n/l) keys per strided step.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import SparseAttention, layer_heads
+from .attention.cache import KVCache, Planner
 
 Tensor = torch.Tensor
 
@@ -64,6 +68,30 @@ class NetConfig:
         )
 
 
+def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Float32 logits divided by the temperature, -inf outside the top k and outside the nucleus (the
+    fewest most likely tokens whose probability reaches top_p; always at least one)."""
+    x = logits.float() / max(temperature, 1e-8)
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        srt, order = torch.sort(x, dim=-1, descending=True)
+        before = torch.softmax(srt, dim=-1).cumsum(-1) - torch.softmax(srt, dim=-1)  # mass of the better tokens
+        drop = before >= top_p  # the best token has 0 before it: never dropped
+        x = x.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    return x
+
+
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> Tensor:
+    """One token per row of ``logits`` (B, vocab); temperature 0 is greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
 def gelu(x: Tensor) -> Tensor:
     """The paper's GELU approximation x·sigmoid(1.702x)."""
     return x * torch.sigmoid(1.702 * x)
@@ -94,15 +122,15 @@ class Block(nn.Module):
         self.drop2 = nn.Dropout(cfg.dropout)
         self.recompute = cfg.recompute
 
-    def _forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop1(self.attn(self.ln1(x)))
+    def _forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        x = x + self.drop1(self.attn(self.ln1(x), cache))
         return x + self.drop2(self.ff(self.ln2(x)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.recompute and self.training and torch.is_grad_enabled():
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        if self.recompute and self.training and torch.is_grad_enabled() and cache is None:
             # Only the block input is kept; attention and FF are recomputed in backward (paper Fig. 4).
             return checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+        return self._forward(x, cache)
 
 
 class SparseTransformer(nn.Module):
@@ -151,14 +179,68 @@ class SparseTransformer(nn.Module):
         coords = self.coords[start:stop]
         return sum(emb(coords[:, k]) for k, emb in enumerate(self.pos_emb))
 
-    def forward(self, idx: Tensor) -> Tensor:
-        """Logits (B, n, vocab) for p(x_t | x_<t) at every position t of ``idx`` (B, n)."""
+    def forward(self, idx: Tensor, cache: list[KVCache] | None = None) -> Tensor:
+        """Logits (B, n, vocab) for p(x_t | x_<t) at every position t of ``idx`` (B, n).
+
+        With an empty ``cache`` (``new_cache``), ``idx`` is a prefix whose keys and values it keeps."""
         if idx.shape[1] > self.coords.shape[0]:
             raise ValueError(f"sequence of {idx.shape[1]} tokens is longer than the model's {self.coords.shape[0]} positions")
         x = self.embed(idx)
-        for blk in self.blocks:
-            x = blk(x)
+        for r, blk in enumerate(self.blocks):
+            x = blk(x, cache[r] if cache is not None else None)
         return self.head(self.ln_f(x))
+
+    # ------------------------------------------------------------------------------------------
+    # Generation
+    # ------------------------------------------------------------------------------------------
+    def new_cache(self, batch: int, length: int | None = None, *, mode: str = "sparse", device=None, dtype=None) -> list[KVCache]:
+        """One empty KV cache per block for ``length`` positions (default: all). ``mode``: ``sparse``
+        (each step visits only its pattern's keys) or ``dense`` (every cached key, masked)."""
+        n = length or self.cfg.seq_len
+        device = device or self.tok_emb.weight.device
+        planner = Planner(n, mode, device)  # shared: a step's key plan is built once for all blocks
+        return [blk.attn.new_cache(batch, n, planner, device=device, dtype=dtype) for blk in self.blocks]
+
+    def step(self, prev: Tensor | None, cache: list[KVCache]) -> Tensor:
+        """Logits (B, vocab) at the next position t (the cache's length), given the tokens at t - 1
+        (B,) (None at t = 0, whose input has no token embedding, as in ``embed``)."""
+        t = cache[0].length
+        x = self.pos(t, t + 1).expand(cache[0].batch, 1, -1)
+        if prev is not None:
+            x = x + self.tok_emb(prev)[:, None]
+        x = self.drop(x)
+        for blk, c in zip(self.blocks, cache):
+            x = blk(x, c)
+        return self.head(self.ln_f(x))[:, 0]
+
+    @torch.no_grad()
+    def generate(self, prefix: Tensor | None = None, length: int | None = None, *, batch: int | None = None,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                 cache: str = "sparse", callback=None) -> Tensor:
+        """Sample (B, length) tokens, the first ones given by ``prefix`` (B, P) (or ``batch`` rows from
+        scratch). ``cache``: ``sparse`` | ``dense`` | ``none`` (recompute the whole prefix per token).
+        ``callback(t)`` runs after position t is sampled (e.g. a progress bar)."""
+        n = length or self.cfg.seq_len
+        device = self.tok_emb.weight.device
+        if prefix is None:
+            prefix = torch.zeros(batch or 1, 0, dtype=torch.long, device=device)
+        B, P = prefix.shape
+        if not 0 <= P < n <= self.cfg.seq_len:
+            raise ValueError(f"a prefix of {P} tokens and length {n} need 0 <= prefix < length <= {self.cfg.seq_len}")
+        out = torch.zeros(B, n, dtype=torch.long, device=device)
+        out[:, :P] = prefix
+        caches = None if cache == "none" else self.new_cache(B, n, mode=cache)
+        if caches is not None and P:
+            self(out[:, :P], cache=caches)
+        for t in range(P, n):
+            if caches is None:
+                logits = self(out[:, : t + 1])[:, t]  # the input at t uses tokens < t only
+            else:
+                logits = self.step(out[:, t - 1] if t else None, caches)
+            out[:, t] = sample_next(logits, temperature, top_k, top_p, generator)
+            if callback is not None:
+                callback(t)
+        return out
 
     def set_backend(self, backend: str) -> None:
         """Run every attention layer on ``backend`` (checkpoints do not depend on it)."""

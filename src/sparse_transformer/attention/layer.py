@@ -1,5 +1,5 @@
 """The attention layer: q/k/v projections (optionally half-size Q and K), the heads' patterns,
-a backend, and the output projection."""
+a backend, the output projection, and a KV cache for generation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from torch import nn
 
 from . import backends
 from .backends import reference
+from .cache import KVCache, Planner
 from .patterns import PatternError
 
 Tensor = torch.Tensor
@@ -49,11 +50,22 @@ class SparseAttention(nn.Module):
         H = self.n_head
         return tuple(f(x).view(B, n, H, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Attention of x (B, n, d). With a ``cache``: x is a prefix from position 0 or the one next
+        position, whose keys and values the cache keeps (see ``new_cache``)."""
         q, k, v = self.split_heads(x)
-        y = backends.attend(q, k, v, self.heads, backend=self.backend, scale=self.scale)
+        if cache is None:
+            y = backends.attend(q, k, v, self.heads, backend=self.backend, scale=self.scale)
+        else:
+            y = cache.attend(q, k, v, self.scale, self.backend)
         B, _, n, _ = y.shape
         return self.proj(y.transpose(1, 2).reshape(B, n, self.d_model))
+
+    def new_cache(self, batch: int, n: int, planner: Planner, *, device=None, dtype=None) -> KVCache:
+        """An empty cache of n positions for a batch; layers sharing ``planner`` share per-step key plans."""
+        w = self.qkv.weight
+        return KVCache(self.heads, batch, n, self.d_qk // self.n_head, self.d_model // self.n_head, planner,
+                       device=device or w.device, dtype=dtype or w.dtype)
 
     @torch.no_grad()
     def attention_rows(self, x: Tensor, rows) -> Tensor:
