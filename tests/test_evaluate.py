@@ -1,0 +1,143 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_transformer.config import load_config
+from sparse_transformer.data.text import TextDataModule
+from sparse_transformer.evaluate import ContextWindows, main
+from sparse_transformer.lit import SparseTransformerLM, config_dict
+from tests.test_sample import TINY, make_ckpt
+
+
+class Stream:
+    def __init__(self, n):
+        self.data = np.arange(n) % 251
+
+    def __len__(self):
+        return len(self.data)
+
+    def read(self, start, n):
+        return self.data[start : start + n]
+
+
+@pytest.mark.parametrize("length,n,C", [(1000, 64, 48), (1000, 64, 0), (64, 64, 10), (130, 64, 63), (257, 64, 16)])
+def test_context_windows_score_every_token_once_with_enough_context(length, n, C):
+    ds = ContextWindows(Stream(length), n, C)
+    seen = np.zeros(length, dtype=int)
+    for k in range(len(ds)):
+        x, mask = ds[k]
+        start = ds.starts[k]
+        assert torch.equal(x, torch.as_tensor(np.arange(start, start + n) % 251))
+        pos = start + mask.nonzero()[:, 0].numpy()
+        seen[pos] += 1
+        context = pos - start  # tokens of the window before each scored one
+        assert ((context >= C) | (pos < C)).all()  # only the split's first C tokens see less
+    assert (seen == 1).all()
+
+
+def test_context_windows_refuse_impossible_contexts():
+    from sparse_transformer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="min_context=64 must be in 0..63"):
+        ContextWindows(Stream(1000), 64, 64)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_ckpt(tmp_path_factory.mktemp("ev") / "run" / "checkpoints" / "last.ckpt")
+
+
+def run(argv, capsys):
+    try:
+        main([*argv, "progress=false"])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_bits_per_dim_over_the_whole_test_split(ckpt, capsys):
+    code, stdout, err = run([f"ckpt={ckpt}"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    path = ckpt.parent.parent / "eval" / "test_bpd.json"
+    assert json.loads(path.read_text()) == result
+    # an independent computation: the LightningModule's loss over the DataModule's test windows
+    raw = torch.load(ckpt, weights_only=False)
+    lit = SparseTransformerLM(**raw["hyper_parameters"])
+    lit.load_state_dict(raw["state_dict"])
+    cfg, _ = load_config(TINY + [f"data.cache_dir={ckpt.parent.parent.parent / 'data'}"])
+    dm = TextDataModule(cfg)
+    dm.prepare_data()
+    dm.setup("test")
+    nats, count = 0.0, 0
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            s, c = lit._nll(batch)
+            nats, count = nats + float(s), count + int(c)
+    assert result["tokens"] == count == len(dm.splits["test"]) and result["complete"]
+    assert result["bits_per_dim"] == pytest.approx(nats / count / math.log(2), rel=1e-6)
+
+
+def test_min_context_scores_the_same_tokens_with_more_context(ckpt, tmp_path, capsys):
+    code, stdout, err = run([f"ckpt={ckpt}", "min_context=48", f"out={tmp_path / 'e.json'}"], capsys)
+    assert code == 0, err
+    ctx = json.loads((tmp_path / "e.json").read_text())
+    code, stdout, _ = run([f"ckpt={ckpt}", "eval.split=test", f"out={tmp_path / 'f.json'}"], capsys)
+    plain = json.loads(stdout)
+    assert ctx["tokens"] == plain["tokens"] and ctx["windows"] > 3 * plain["windows"] - 3
+    assert ctx["min_context"] == 48 and ctx["short_context_tokens"] == 48
+    assert ctx["bits_per_dim"] != plain["bits_per_dim"]  # the same tokens, scored with other contexts
+
+
+def test_limit_and_validation_split(ckpt, tmp_path, capsys):
+    code, stdout, _ = run([f"ckpt={ckpt}", "split=validation", "limit=2", f"out={tmp_path / 'v.json'}"], capsys)
+    r = json.loads(stdout)
+    assert code == 0 and r["windows"] == 2 and r["tokens"] == 128 and r["complete"] is False
+
+
+@pytest.mark.parametrize("args,message", [
+    (["min_context=64"], "eval.min_context=64 must be below the model's sequence length 64"),
+    (["min_context=-1"], "eval.min_context=-1 must be >= 0"),
+    (["split=train"], "eval.split=train is unknown; valid: test, validation"),
+    (["min_ctx=4"], "unknown evaluation option min_ctx: did you mean min_context?"),
+    (["model.n_head=4"], "is from another config: model.n_head=2 in the checkpoint, 4 on the command line"),
+])
+def test_bad_options_fail_with_one_line_and_write_nothing(ckpt, tmp_path, capsys, args, message):
+    code, _, err = run([f"ckpt={ckpt}", *args, f"out={tmp_path / 'x.json'}"], capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_min_context_is_refused_for_splits_of_separate_examples(tmp_path, capsys, monkeypatch):
+    """Images are separate examples: no stream to slide windows over."""
+    import sparse_transformer.data as data
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.zeros(48, dtype=torch.long), torch.ones(48, dtype=torch.bool)
+
+    class FakeImages:
+        def prepare_data(self):
+            pass
+
+        def setup(self, stage):
+            pass
+
+        def test_dataloader(self):
+            return torch.utils.data.DataLoader(Items())
+
+    monkeypatch.setattr(data, "build_datamodule", lambda cfg: FakeImages())
+    img = make_ckpt(tmp_path / "img" / "last.ckpt", "data.modality=image", "data.seq_len=48", "data.shape=[4,4,3]",
+                    "attention.stride=4", shape=[4, 4, 3])
+    code, _, err = run([f"ckpt={img}", "min_context=8"], capsys)
+    assert code == 2 and "eval.min_context applies to token streams (text, audio); this image split" in err
+    code, stdout, _ = run([f"ckpt={img}"], capsys)
+    assert code == 0 and json.loads(stdout)["tokens"] == 3 * 48

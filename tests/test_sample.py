@@ -1,0 +1,342 @@
+import json
+import math
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_transformer import sample as sample_mod
+from sparse_transformer.config import load_config, positional_shape
+from sparse_transformer.lit import SparseTransformerLM, config_dict
+from sparse_transformer.model import NetConfig, SparseTransformer, filter_logits, sample_next
+from sparse_transformer.sample import image_grid, main, mu_law_decode
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
+        "data.batch_size=4", "logger.kind=none", "trainer.enable_progress_bar=false", "data.val_windows=4",
+        "data.max_bytes=40000"]
+
+
+def make_ckpt(path: Path, *args, shape=None, dtype=None, edit=None) -> Path:
+    """A checkpoint in Lightning's layout (state_dict + hyper_parameters) of a random tiny model."""
+    cfg, _ = load_config(TINY + [f"data.cache_dir={path.parent / 'data'}", *args])
+    shape = shape or positional_shape(cfg)
+    torch.manual_seed(1)
+    lit = SparseTransformerLM(config_dict(cfg), shape)
+    torch.nn.init.normal_(lit.net.head.weight, std=0.3)  # not the zero init: samples depend on the weights
+    sd = {k: v.to(dtype) if dtype else v for k, v in lit.state_dict().items()}
+    ck = {"state_dict": sd, "hyper_parameters": {"config": config_dict(cfg), "shape": list(shape)},
+          "pytorch-lightning_version": "2.6.6"}
+    if edit:
+        edit(ck)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ck, path)
+    return path
+
+
+def run(argv, capsys):
+    """main(argv) -> (exit code, stdout, stderr)."""
+    try:
+        main([*argv, "progress=false"])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def text_ckpt(tmp_path_factory):
+    return make_ckpt(tmp_path_factory.mktemp("text") / "run" / "checkpoints" / "last.ckpt")
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling filters
+# ------------------------------------------------------------------------------------------------
+def test_top_k_keeps_exactly_the_k_most_likely():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, True, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=0)).all()
+
+
+def test_top_p_keeps_the_smallest_nucleus_reaching_p():
+    probs = torch.tensor([[0.5, 0.05, 0.3, 0.15]])
+    logits = probs.log()
+    assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.6)).tolist() == [[True, False, True, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.95)).tolist() == [[True, False, True, True]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.01)).sum() == 1  # never empty
+
+
+def test_temperature_zero_is_greedy_and_temperature_reshapes_the_distribution():
+    logits = torch.tensor([[1.0, 2.0, 0.0]]).expand(40000, 3)
+    assert (sample_next(logits, temperature=0) == 1).all()
+    g = torch.Generator().manual_seed(0)
+    for T in (0.5, 2.0):
+        counts = torch.bincount(sample_next(logits, temperature=T, generator=g), minlength=3).double() / 40000
+        want = torch.softmax(torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64) / T, -1)
+        assert (counts - want).abs().max() < 0.01, (T, counts, want)
+
+
+# ------------------------------------------------------------------------------------------------
+# model.generate
+# ------------------------------------------------------------------------------------------------
+def _net(**kw):
+    base = dict(n_layer=2, n_head=2, d_model=32, shape=(6, 8), stride=8, pattern="fixed", summary=2,
+                integration="merged", vocab_size=16)
+    base.update(kw)
+    torch.manual_seed(0)
+    net = SparseTransformer(NetConfig(**base)).double().eval()
+    torch.nn.init.normal_(net.head.weight, std=1.0)
+    return net
+
+
+def test_sparse_dense_and_no_cache_generate_the_same_tokens():
+    net = _net()
+    prefix = torch.randint(0, 16, (3, 7))
+    outs = {}
+    for cache in ("sparse", "dense", "none"):
+        g = torch.Generator().manual_seed(5)
+        outs[cache] = net.generate(prefix, temperature=0.8, top_k=10, top_p=0.9, generator=g, cache=cache)
+        assert outs[cache].shape == (3, 48) and torch.equal(outs[cache][:, :7], prefix)
+    assert torch.equal(outs["sparse"], outs["dense"]) and torch.equal(outs["sparse"], outs["none"])
+    assert len(set(outs["sparse"][:, 7:].flatten().tolist())) > 3  # really sampled
+
+
+def test_batch_rows_are_independent_and_a_run_is_reproducible():
+    net = _net(pattern="strided", summary=None)
+    prefix = torch.randint(0, 16, (3, 5))
+    together = net.generate(prefix, 30, temperature=0)
+    for r in range(3):
+        assert torch.equal(net.generate(prefix[r : r + 1], 30, temperature=0), together[r : r + 1])
+    a = net.generate(None, batch=2, generator=torch.Generator().manual_seed(1))
+    b = net.generate(None, batch=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == (2, 48)
+
+
+def test_generate_refuses_a_prefix_as_long_as_the_sequence():
+    net = _net()
+    with pytest.raises(ValueError, match="prefix"):
+        net.generate(torch.zeros(1, 48, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------------
+def test_mu_law_decoding_inverts_the_encoding():
+    mu = 255
+    x = np.linspace(-1, 1, 1001)
+    enc = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)  # the usual mu-law compression
+    tokens = np.round((enc + 1) / 2 * mu).astype(np.int64)
+    y = mu_law_decode(tokens)
+    assert mu_law_decode([0])[0] == pytest.approx(-1) and mu_law_decode([255])[0] == pytest.approx(1)
+    assert np.abs(y - x).max() < 0.022  # half a level at the loud end: ln(256)·256/255 · 1/255
+    levels = np.arange(256)
+    z = mu_law_decode(levels)
+    again = np.round((np.sign(z) * np.log1p(mu * np.abs(z)) / np.log1p(mu) + 1) / 2 * mu)
+    assert np.array_equal(again, levels)  # every level decodes to the value that encodes back to it
+    assert np.abs(y - x)[np.abs(x) < 0.01].max() < 2e-4  # mu-law is fine near 0
+
+
+def test_image_grid_places_each_image_in_its_tile():
+    imgs = np.arange(5)[:, None].repeat(2 * 3 * 3, 1)  # 5 images of 2x3x3, image k is all k
+    grid = image_grid(imgs, (2, 3, 3), pad=1)
+    assert grid.shape == (2 * 3 + 1, 3 * 4 + 1, 3)  # 3 columns, 2 rows of tiles
+    assert (grid[1:3, 1:4] == 0).all() and (grid[1:3, 5:8] == 1).all() and (grid[4:6, 5:8] == 4).all()
+    assert (grid[4:6, 9:12] == 128).all()  # an empty tile
+    assert image_grid(imgs[:, :6], (2, 3)).ndim == 2  # grey scale
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+# ------------------------------------------------------------------------------------------------
+def test_text_samples_with_a_prompt(text_ckpt, tmp_path, capsys):
+    out = tmp_path / "s"
+    code, stdout, _ = run([f"ckpt={text_ckpt}", "n=3", "batch_size=2", "prompt=Hello, ", f"out={out}"], capsys)
+    assert code == 0 and f"samples: {out}" in stdout
+    assert sorted(os.listdir(out)) == ["meta.json", "samples.txt", "tokens.npy"]
+    tokens = np.load(out / "tokens.npy")
+    assert tokens.shape == (3, 64) and (tokens[:, :7] == np.frombuffer(b"Hello, ", np.uint8)).all()
+    text = (out / "samples.txt").read_text()
+    assert text.count("===== sample") == 3 and text.count("Hello, ") >= 3
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["prefix_tokens"] == 7 and meta["tokens_per_s"] > 0 and meta["n"] == 3
+
+
+def test_default_folder_is_in_the_run_and_sampling_is_seeded(text_ckpt, capsys):
+    code, stdout, _ = run([f"ckpt={text_ckpt}", "n=2", "length=20"], capsys)
+    first = Path(stdout.split("samples: ")[1].strip())
+    assert code == 0 and first.parent == text_ckpt.parent.parent / "samples"
+    code, stdout, _ = run([f"ckpt={text_ckpt}", "sample.n=2", "sample.length=20"], capsys)
+    second = Path(stdout.split("samples: ")[1].strip())
+    assert second != first and np.array_equal(np.load(first / "tokens.npy"), np.load(second / "tokens.npy"))
+
+
+def test_priming_with_test_data(text_ckpt, tmp_path, capsys):
+    code, _, err = run([f"ckpt={text_ckpt}", "n=2", "prime=0.5", f"out={tmp_path / 's'}"], capsys)
+    assert code == 0, err
+    tokens = np.load(tmp_path / "s" / "tokens.npy")
+    cfg, _ = load_config(TINY + [f"data.cache_dir={text_ckpt.parent.parent.parent / 'data'}"])
+    test = sample_mod.test_examples(cfg, 2, 0).numpy()  # the same seed picks the same examples
+    assert np.array_equal(tokens[:, :32], test[:, :32])
+    assert not np.array_equal(tokens[:, 32:], test[:, 32:])
+
+
+def test_image_models_write_a_grid(tmp_path, capsys):
+    ckpt = make_ckpt(tmp_path / "img" / "last.ckpt", "data.modality=image", "data.seq_len=48", "data.shape=[4,4,3]",
+                     "attention.stride=4", shape=[4, 4, 3])
+    code, _, err = run([f"ckpt={ckpt}", "n=5", f"out={tmp_path / 's'}"], capsys)
+    assert code == 0, err
+    from PIL import Image
+
+    img = Image.open(tmp_path / "s" / "grid.png")
+    assert img.mode == "RGB" and img.size == (3 * 6 + 2, 2 * 6 + 2)
+
+
+def test_audio_models_write_wav_files(tmp_path, capsys):
+    ckpt = make_ckpt(tmp_path / "aud" / "last.ckpt", "data.modality=audio")
+    code, _, err = run([f"ckpt={ckpt}", "n=2", f"out={tmp_path / 's'}"], capsys)
+    assert code == 0, err
+    for k in range(2):
+        with wave.open(str(tmp_path / "s" / f"sample_{k:03d}.wav")) as w:
+            assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, 16000, 64)
+            pcm = np.frombuffer(w.readframes(64), "<i2")
+        tokens = np.load(tmp_path / "s" / "tokens.npy")[k]
+        assert np.abs(pcm / 32767 - mu_law_decode(tokens)).max() < 1e-4
+
+
+def test_a_bf16_flex_checkpoint_samples_on_cpu_with_blocked(tmp_path, capsys):
+    ckpt = make_ckpt(tmp_path / "gpu" / "last.ckpt", "attention.backend=flex", "trainer.precision=bf16-true",
+                     "attention.integration=merged", dtype=torch.bfloat16)
+    code, _, err = run([f"ckpt={ckpt}", "n=2", "backend=blocked", "device=cpu", f"out={tmp_path / 's'}"], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert meta["device"] == "cpu" and meta["backend"] == "blocked"
+
+
+def test_a_failure_while_writing_leaves_nothing(text_ckpt, tmp_path, capsys, monkeypatch):
+    def broken(folder, *a):
+        (folder / "tokens.npy").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sample_mod, "write_outputs", broken)
+    with pytest.raises(OSError):
+        main([f"ckpt={text_ckpt}", "n=1", "length=10", "progress=false", f"out={tmp_path / 'o' / 's'}"])
+    assert os.listdir(tmp_path / "o") == []
+
+
+def _drop(key):
+    def edit(ck):
+        section, name = key.split(".")
+        del ck["hyper_parameters"]["config"][section][name]
+    return edit
+
+
+BAD = [
+    (["n=0"], "sample.n=0 must be >= 1"),
+    (["n=-3"], "sample.n=-3 must be >= 1"),
+    (["temprature=0.5"], "unknown sampling option temprature: did you mean temperature?"),
+    (["top_p=0"], "top_p=0"),
+    (["cache=paged"], "sample.cache=paged is unknown; valid: sparse, dense, none"),
+    (["n=two"], "sample.n=two is not a valid int"),
+    (["optim.lr=1"], "optim.lr cannot be set for sampling"),
+    (["prompt=" + "x" * 64], "the prefix has 64 tokens but samples are 64 long"),
+    (["prime_tokens=70"], "the prefix has 70 tokens but samples are 64 long"),
+    (["length=20", "prime_tokens=20"], "the prefix has 20 tokens but samples are 20 long"),
+    (["length=65"], "sample.length=65 is longer than the model's sequence of 64"),
+    (["model.d_model=64"], "is from another config: model.d_model=32 in the checkpoint, 64 on the command line"),
+    (["attention.pattern=fixed", "attention.summary=2"], "attention.pattern=\"strided\" in the checkpoint, \"fixed\""),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a)[:30] for a, _ in BAD])
+def test_bad_options_fail_with_one_line_and_write_nothing(text_ckpt, tmp_path, capsys, args, message):
+    out = tmp_path / "s"
+    code, stdout, err = run([f"ckpt={text_ckpt}", *args, f"out={out}"], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+BAD_CKPT = [
+    (dict(edit=lambda ck: ck["hyper_parameters"]["config"]["model"].update(mixer="moe")),
+     "comes from another version of sparse-transformer: its config has keys this version does not know: model.mixer"),
+    (dict(edit=_drop("attention.stride")), "another version of sparse-transformer: its config has no value for attention.stride"),
+    (dict(edit=lambda ck: ck["hyper_parameters"]["config"]["model"].update(n_layer="four")), "model.n_layer=four is not a valid int"),
+    (dict(edit=lambda ck: ck["state_dict"].pop("net.blocks.1.ff.fc1.weight")),
+     "its weights do not match its own config (another config's weights?): missing blocks.1.ff.fc1.weight"),
+    (dict(edit=lambda ck: ck["state_dict"].update({"net.tok_emb.weight": torch.zeros(256, 48)})),
+     "tok_emb.weight is (256, 48) in the file, (256, 32) for the config"),
+    (dict(edit=lambda ck: ck.pop("hyper_parameters")), "is not a sparse-transformer checkpoint"),
+]
+
+
+@pytest.mark.parametrize("kw,message", BAD_CKPT, ids=["unknown-key", "missing-key", "bad-value", "missing-weight",
+                                                      "wrong-shape", "not-ours"])
+def test_checkpoints_from_another_version_or_config_are_refused(tmp_path, capsys, kw, message):
+    ckpt = make_ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt", **kw)
+    code, _, err = run([f"ckpt={ckpt}", "n=2"], capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run" / "samples").exists()
+
+
+def test_missing_or_unreadable_checkpoints_are_refused(tmp_path, capsys):
+    code, _, err = run(["n=2"], capsys)
+    assert code == 2 and "ckpt=<path> is required" in err
+    code, _, err = run([f"ckpt={tmp_path / 'nope.ckpt'}"], capsys)
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    code, _, err = run([f"ckpt={tmp_path / 'junk.ckpt'}"], capsys)
+    assert code == 2 and "is not a readable checkpoint" in err and err.count("\n") == 1
+
+
+def test_existing_output_folder_and_prompt_for_images_are_refused(text_ckpt, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    code, _, err = run([f"ckpt={text_ckpt}", f"out={tmp_path / 'taken'}"], capsys)
+    assert code == 2 and "exists; give a new folder" in err
+    ckpt = make_ckpt(tmp_path / "img" / "last.ckpt", "data.modality=image", "data.seq_len=48", "data.shape=[4,4,3]",
+                     "attention.stride=4", shape=[4, 4, 3])
+    code, _, err = run([f"ckpt={ckpt}", "prompt=hi", f"out={tmp_path / 's'}"], capsys)
+    assert code == 2 and "sample.prompt is for text models" in err and not (tmp_path / "s").exists()
+
+
+def test_a_bad_option_fails_before_torch_is_imported():
+    code = ("import sys; from sparse_transformer.sample import main\n"
+            "try:\n    main(['ckpt=x', 'temprature=1'])\n"
+            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.stdout.split() == ["2", "False"], r.stdout + r.stderr
+    assert r.stderr.strip() == "error: unknown sampling option temprature: did you mean temperature?"
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("n", "temperature", "top_k", "top_p", "prime", "prompt", "cache", "backend", "out"):
+        assert f"\n  {name} " in text
+
+
+@pytest.mark.slow
+def test_a_trained_checkpoint_samples_the_same_on_another_backend(tmp_path, capsys):
+    """A real Lightning checkpoint trained on `reference`: greedy samples with the sparse cache on
+    `blocked` equal a full recomputation per token on `reference`."""
+    from sparse_transformer.train import main as train
+
+    train(TINY + ["exp=default", f"run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "trainer.max_steps=3",
+                  "optim.warmup_steps=1", "optim.lr=0.01", "attention.backend=reference", "attention.integration=merged"])
+    capsys.readouterr()
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    for name, extra in (("a", ["backend=blocked", "cache=sparse"]), ("b", ["backend=reference", "cache=none"])):
+        code, _, err = run([f"ckpt={ckpt}", "n=3", "temperature=0", "prompt=The ", f"out={tmp_path / name}", *extra], capsys)
+        assert code == 0, err
+    a, b = np.load(tmp_path / "a" / "tokens.npy"), np.load(tmp_path / "b" / "tokens.npy")
+    assert np.array_equal(a, b) and len(set(a[0, 4:].tolist())) > 1
