@@ -2,11 +2,13 @@
 PYTHON ?= python3
 EXP ?= default
 ARGS ?=
+CKPT ?=
+N ?= 16
 PYTEST ?= $(PYTHON) -m pytest
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help setup test test-fast train bench bench-train notebooks
+.PHONY: help setup test test-fast train bench bench-train notebooks sample eval
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -32,3 +34,9 @@ bench-train:  ## end-to-end training steps at the paper's shapes, sparse vs dens
 
 notebooks:  ## run the analysis notebooks (notebooks/*.py) and write HTML + figures to notebooks/out: NB_ARGS="attention_maps -p TRAIN_STEPS=300"
 	$(PYTHON) notebooks/run.py $(NB_ARGS)
+
+sample:  ## sample from a checkpoint: make sample CKPT=<path> N=16 ARGS="temperature=0.9 prime=0.5"
+	$(PYTHON) -m sparse_transformer.sample ckpt=$(CKPT) n=$(N) $(ARGS)
+
+eval:  ## test bits/dim of a checkpoint as JSON: make eval CKPT=<path> ARGS="min_context=128"
+	$(PYTHON) -m sparse_transformer.evaluate ckpt=$(CKPT) $(ARGS)

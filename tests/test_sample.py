@@ -1,5 +1,4 @@
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,8 +12,24 @@ import torch
 from sparse_transformer import sample as sample_mod
 from sparse_transformer.config import load_config, positional_shape
 from sparse_transformer.lit import SparseTransformerLM, config_dict
-from sparse_transformer.model import NetConfig, SparseTransformer, filter_logits, sample_next
+from sparse_transformer.model import (
+    NetConfig,
+    SparseTransformer,
+    filter_logits,
+    sample_next,
+)
 from sparse_transformer.sample import image_grid, main, mu_law_decode
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Decoding runs many tiny operations: intra-op threads only add synchronisation (and, on a shared
+    machine, contention that made these tests 10x slower), so this module runs on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
@@ -340,3 +355,30 @@ def test_a_trained_checkpoint_samples_the_same_on_another_backend(tmp_path, caps
         assert code == 0, err
     a, b = np.load(tmp_path / "a" / "tokens.npy"), np.load(tmp_path / "b" / "tokens.npy")
     assert np.array_equal(a, b) and len(set(a[0, 4:].tolist())) > 1
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_on_cpu_with_torch_alone(tmp_path):
+    """bench/sample.py at tiny sizes: a row per (pattern, n, cache), the flatness verdict, JSON; and it
+    imports none of what the GPU machine lacks."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['bench/sample.py', '--quick', '--patterns', 'strided,fixed', '--n', '256,512', '--out', {str(tmp_path)!r}]\n"
+            "runpy.run_path('bench/sample.py', run_name='__main__')\n"
+            "print('heavy', sorted(m for m in ('omegaconf', 'datasets', 'wandb', 'lightning') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "heavy []" in r.stdout and "strided sparse cache: attention per token" in r.stdout
+    (path,) = tmp_path.glob("sample-cpu-*.json")
+    result = json.loads(path.read_text())
+    rows = {(x["pattern"], x["n"], x["mode"]): x for x in result["rows"]}
+    assert len(rows) == 2 * 2 * 3
+    for n in (256, 512):
+        assert rows[("strided", n, "sparse")]["keys_per_step"] == 16 + n // 16 - 1  # l + n/l, the diagonal once
+        assert rows[("strided", n, "dense")]["keys_per_step"] == n
+        assert rows[("fixed", n, "sparse")]["keys_per_step"] <= 16 + 4 * n // 16
+        for mode in ("sparse", "dense"):
+            r_ = rows[("strided", n, mode)]
+            assert r_["step_ms"] > 0 and r_["attn_ms"] > 0 and r_["tokens_per_s"] > 0
+        assert rows[("strided", n, "none")]["step_ms"] > 0
+    assert result["flatness"][0]["pattern"] == "strided" and "attn_ratio" in result["flatness"][0]

@@ -77,7 +77,8 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
         x = x.masked_fill(x < kth, float("-inf"))
     if top_p < 1.0:
         srt, order = torch.sort(x, dim=-1, descending=True)
-        before = torch.softmax(srt, dim=-1).cumsum(-1) - torch.softmax(srt, dim=-1)  # mass of the better tokens
+        p = torch.softmax(srt, dim=-1)
+        before = p.cumsum(-1) - p  # the probability mass of the better tokens
         drop = before >= top_p  # the best token has 0 before it: never dropped
         x = x.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
     return x

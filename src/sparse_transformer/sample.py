@@ -36,7 +36,6 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import (
     Config,
     ConfigError,
-    EvalConfig,
     SampleConfig,
     _leaf_keys,
     _omegaconf_error,
@@ -94,7 +93,7 @@ def parse_cli(argv: list[str], section: str, cls) -> tuple:
     if "help" not in flags:
         (check_sample if section == "sample" else check_eval)(cfg)
         if not cfg.ckpt:
-            raise ConfigError(f"ckpt=<path> is required: the checkpoint to use (e.g. runs/default/<stamp>/checkpoints/last.ckpt)")
+            raise ConfigError("ckpt=<path> is required: the checkpoint to use (e.g. runs/default/<stamp>/checkpoints/last.ckpt)")
         if not Path(cfg.ckpt).is_file():
             raise ConfigError(f"ckpt={cfg.ckpt} does not exist or is not a file")
     return cfg, overrides, flags

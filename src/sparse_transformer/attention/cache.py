@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .patterns import PatternError, registry_version, union_mask
 from .backends.common import compute_dtype, group_heads, masked_softmax
+from .constants import PRIMITIVES
+from .patterns import PatternError, registry_version, union_mask
 
 Tensor = torch.Tensor
 
@@ -85,7 +86,8 @@ class Planner:
             return Plan(None, union_mask(parts, torch.tensor(t, device=self.device), j), t + 1)
         cands = [self._candidates(s, t) for s in structures]
         idx = torch.unique(torch.cat(cands)) if len(cands) > 1 else cands[0]  # sorted, each key once
-        idx = idx[union_mask(parts, torch.tensor(t), idx)]
+        if not all(p.name in PRIMITIVES for p in parts):  # a hint only covers a user pattern: its mask decides
+            idx = idx[union_mask(parts, torch.tensor(t), idx)]
         return Plan(idx.to(self.device, non_blocking=True), None, int(idx.numel()))
 
     def _candidates(self, s, t: int) -> Tensor:
@@ -154,21 +156,27 @@ class KVCache:
 
     def step(self, q: Tensor, t: int, scale: float) -> Tensor:
         """Attention (B, H, 1, dv) of position t's query q (B, H, 1, dk) over its allowed cached keys."""
+        if len(self.groups) == 1 and self.groups[0][0] == [slice(0, q.shape[1], 1)]:  # all heads alike
+            plan = self.planner.plan(self.groups[0][1], t)
+            if plan.size:
+                return self._heads(q, plan, slice(None), t, scale)
         out = q.new_zeros(q.shape[0], q.shape[1], 1, self.v.shape[-1])
-        ct = compute_dtype(q.dtype)
         for slices, parts in self.groups:
             plan = self.planner.plan(parts, t)
             if plan.size == 0:
                 continue  # no allowed key: exactly 0
             for hs in slices:
-                if plan.index is None:
-                    kk, vv = self.k[:, hs, : t + 1], self.v[:, hs, : t + 1]
-                else:
-                    kk, vv = self.k[:, hs].index_select(2, plan.index), self.v[:, hs].index_select(2, plan.index)
-                s = torch.matmul(q[:, hs] * scale, kk.transpose(-1, -2)).to(ct)  # (B, h, 1, K)
-                if plan.mask is None:
-                    p = torch.softmax(s, dim=-1)
-                else:
-                    p, _ = masked_softmax(s, plan.mask)
-                out[:, hs] = torch.matmul(p.to(vv.dtype), vv)
+                out[:, hs] = self._heads(q, plan, hs, t, scale)
         return out
+
+    def _heads(self, q: Tensor, plan: Plan, hs: slice, t: int, scale: float) -> Tensor:
+        if plan.index is None:
+            kk, vv = self.k[:, hs, : t + 1], self.v[:, hs, : t + 1]
+        else:
+            kk, vv = self.k[:, hs].index_select(2, plan.index), self.v[:, hs].index_select(2, plan.index)
+        s = torch.matmul(q[:, hs] * scale, kk.transpose(-1, -2)).to(compute_dtype(q.dtype))  # (B, h, 1, K)
+        if plan.mask is None:
+            p = torch.softmax(s, dim=-1)
+        else:
+            p, _ = masked_softmax(s, plan.mask)
+        return torch.matmul(p.to(vv.dtype), vv)

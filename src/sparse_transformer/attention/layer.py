@@ -63,7 +63,7 @@ class SparseAttention(nn.Module):
 
     def new_cache(self, batch: int, n: int, planner: Planner, *, device=None, dtype=None) -> KVCache:
         """An empty cache of n positions for a batch; layers sharing ``planner`` share per-step key plans."""
-        w = self.qkv.weight
+        w = self.q.weight
         return KVCache(self.heads, batch, n, self.d_qk // self.n_head, self.d_model // self.n_head, planner,
                        device=device or w.device, dtype=dtype or w.dtype)
 
