@@ -2,7 +2,8 @@
 the pattern-aware (sparse) KV cache, a dense KV cache and no cache; attention time apart from the rest.
 
     PYTHONPATH=src python3 bench/sample.py                 # GPU: batch 64, n = 4k .. 64k, l = 128, c = 32
-    PYTHONPATH=src python3 bench/sample.py --quick         # CPU smoke run at tiny sizes (seconds)
+    PYTHONPATH=src python3 bench/sample.py --quick         # CPU smoke run at tiny sizes (seconds; sets
+                                                           # batch 4, l 16, c 4, 2 x 2 heads, d 64)
 
 Needs only torch (no omegaconf, datasets, wandb, Lightning): the network is built from
 ``model.NetConfig``. Weights and cached keys are random: latency does not depend on values.
@@ -19,25 +20,43 @@ filled with random keys and values, then each step appends one):
 
 Target (issue 7): the sparse cache's per-token attention time for ``strided`` grows at most 1.3x from
 n = 4k to 64k (``fixed`` grows with n/l by design: c·n/l summary keys).
-Writes ``<out>/sample-<device>-<time>.json`` (default out: bench/results).
+Writes ``<out>/sample-<card>.json`` (``sample-cpu-quick.json`` for --quick; default out: bench/results).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from sparse_transformer.attention.backends import resolve
-from sparse_transformer.model import NetConfig, SparseTransformer, sample_next
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from sparse_transformer.attention.backends import resolve  # noqa: E402
+from sparse_transformer.model import NetConfig, SparseTransformer, sample_next  # noqa: E402
 
 PATTERNS = ("strided", "fixed", "dense")
 MODES = ("sparse", "dense", "none")
+
+
+def card_name(device) -> str:
+    """'h100', 'h200' or 'cpu': the file name's tag (as bench/attention.py names it)."""
+    if device.type != "cuda":
+        return "cpu"
+    return torch.cuda.get_device_name(device).replace("NVIDIA ", "").split()[0].lower()
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return os.environ.get("GIT_COMMIT", "unknown")
 
 
 def sync(device) -> None:
@@ -263,12 +282,11 @@ def main(argv=None) -> dict:
         print(f"{f['pattern']} sparse cache: attention per token {f['attn_ratio']:.2f}x from n={f['n_from']} to "
               f"n={f['n_to']}{extra} (target <= 1.3 for strided: {verdict})")
     result = {"device": name, "torch": torch.__version__, "dtype": str(dtype), "python": sys.version.split()[0],
-              "args": {k: v for k, v in vars(a).items() if k != "out"}, "rows": rows, "flatness": flat,
-              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "commit": commit(), "args": {k: v for k, v in vars(a).items() if k != "out"}, "rows": rows,
+              "flatness": flat, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "".join(ch if ch.isalnum() else "-" for ch in (name if device.type == "cuda" else "cpu")).strip("-").lower()
-    path = out / f"sample-{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = out / f"sample-{card_name(device)}{'-quick' if a.quick else ''}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(path)
