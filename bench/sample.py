@@ -77,8 +77,8 @@ def build(pattern: str, n: int, a, device, dtype) -> SparseTransformer:
 def filled_cache(net, B: int, n: int, mode: str, start: int):
     cache = net.new_cache(B, n, mode=mode)
     for c in cache:  # random keys and values for positions 0..start-1, as if a prefix had run
-        c.k[:, :, :start].normal_()
-        c.v[:, :, :start].normal_()
+        c.positions(c.k, 0, start).normal_()
+        c.positions(c.v, 0, start).normal_()
         c.length = start
     return cache
 

@@ -285,7 +285,8 @@ BAD_CKPT = [
     (dict(edit=_drop("attention.stride")), "another version of sparse-transformer: its config has no value for attention.stride"),
     (dict(edit=lambda ck: ck["hyper_parameters"]["config"]["model"].update(n_layer="four")), "model.n_layer=four is not a valid int"),
     (dict(edit=lambda ck: ck["state_dict"].pop("net.blocks.1.ff.fc1.weight")),
-     "its weights do not match its own config (another config's weights?): missing blocks.1.ff.fc1.weight"),
+     "its weights do not fit this version's network for its config (another version's or another config's weights): "
+     "missing blocks.1.ff.fc1.weight"),
     (dict(edit=lambda ck: ck["state_dict"].update({"net.tok_emb.weight": torch.zeros(256, 48)})),
      "tok_emb.weight is (256, 48) in the file, (256, 32) for the config"),
     (dict(edit=lambda ck: ck.pop("hyper_parameters")), "is not a sparse-transformer checkpoint"),
@@ -299,6 +300,23 @@ def test_checkpoints_from_another_version_or_config_are_refused(tmp_path, capsys
     code, _, err = run([f"ckpt={ckpt}", "n=2"], capsys)
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "run" / "samples").exists()
+
+
+def test_a_checkpoint_with_the_older_fused_qkv_projection_still_loads(tmp_path, capsys):
+    """Before the q/k/v split each layer had one ``qkv`` Linear; such a checkpoint gives the same logits."""
+    def fuse(ck):
+        sd = ck["state_dict"]
+        for r in range(2):
+            pre = f"net.blocks.{r}.attn."
+            for kind in ("weight", "bias"):
+                sd[f"{pre}qkv.{kind}"] = torch.cat([sd.pop(f"{pre}{x}.{kind}") for x in "qkv"])
+
+    plain = make_ckpt(tmp_path / "a" / "last.ckpt", "model.qk_ratio=0.5")
+    fused = make_ckpt(tmp_path / "b" / "last.ckpt", "model.qk_ratio=0.5", edit=fuse)
+    assert any("qkv" in k for k in torch.load(fused, weights_only=False)["state_dict"])
+    x = torch.randint(0, 256, (2, 64))
+    a, b = (sample_mod.load_model(str(p), [], device="cpu")[0](x) for p in (plain, fused))
+    assert torch.equal(a, b)
 
 
 def test_missing_or_unreadable_checkpoints_are_refused(tmp_path, capsys):

@@ -191,7 +191,7 @@ def load_model(ckpt: str, overrides: list[str], *, backend: str = "auto", device
     if math.prod(shape) != cfg.data.seq_len:
         raise ConfigError(f"ckpt={ckpt}: its data shape {shape} has {math.prod(shape)} positions but data.seq_len={cfg.data.seq_len}")
     net = SparseTransformer(NetConfig.from_config(cfg, shape))
-    state = {k[4:]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+    state = upgrade_state({k[4:]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}, net)
     want = net.state_dict()
     missing = [k for k in want if k not in state]
     extra = [k for k in state if k not in want]
@@ -200,11 +200,25 @@ def load_model(ckpt: str, overrides: list[str], *, backend: str = "auto", device
     if missing or extra or shapes:
         what = ([f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")] if missing else []) + \
                ([f"unexpected {', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else "")] if extra else []) + shapes[:2]
-        raise ConfigError(f"ckpt={ckpt}: its weights do not match its own config (another config's weights?): {'; '.join(what)}")
+        raise ConfigError(f"ckpt={ckpt}: its weights do not fit this version's network for its config (another "
+                          f"version's or another config's weights): {'; '.join(what)}")
     net.load_state_dict({k: v.float() for k, v in state.items()})  # bf16-trained weights: compute in float32
     dev = pick_device(device)
     net.set_backend(backend)
     return net.to(dev).eval(), cfg, shape
+
+
+def upgrade_state(state: dict, net) -> dict:
+    """Older checkpoints kept one fused ``qkv`` projection per layer; split it into ``q``, ``k``, ``v``
+    (rows in that order: d_qk, d_qk, d_model), which is exactly what the fused layer computed."""
+    for r, blk in enumerate(net.blocks):
+        a = blk.attn
+        for kind in ("weight", "bias"):
+            fused = state.pop(f"blocks.{r}.attn.qkv.{kind}", None)
+            if fused is not None and f"blocks.{r}.attn.q.{kind}" not in state:
+                for name, part in zip("qkv", fused.split([a.d_qk, a.d_qk, a.d_model])):
+                    state[f"blocks.{r}.attn.{name}.{kind}"] = part
+    return state
 
 
 def pick_device(device: str):

@@ -207,3 +207,20 @@ def test_pattern_mask_agrees_with_the_plan_for_a_pair():
         m = pattern_mask("fixed", n, l, summary=c, head=h, summary_heads=2)
         for t in (5, 31, 63):
             assert torch.equal(planner.plan(heads[h], t).index, m[t].nonzero()[:, 0])
+
+
+@pytest.mark.parametrize("pattern", ["strided", "fixed", "dense"])
+def test_both_layouts_give_the_same_attention(pattern):
+    """Gathering caches are position-major and dense ones head-major; either layout must serve any plan."""
+    heads = layer_heads(pattern, 4, 8, summary=2, summary_heads=2, integration="merged")
+    torch.manual_seed(0)
+    x = [torch.randn(2, 4, 1, 4) for _ in range(40)]
+    outs = []
+    for major in (True, False):
+        cache = KVCache(heads, 2, 40, 4, 4, Planner(40))
+        assert cache.position_major == (pattern != "dense")
+        cache.position_major = major
+        shape = (40, 2, 4, 4) if major else (2, 4, 40, 4)
+        cache.k, cache.v = torch.zeros(shape), torch.zeros(shape)
+        outs.append(torch.cat([cache.attend(q, q.flip(-1), 2 * q, 0.5) for q in x], 2))
+    assert torch.allclose(outs[0], outs[1], atol=1e-6) and outs[0].abs().sum() > 0
