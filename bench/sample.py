@@ -20,7 +20,7 @@ filled with random keys and values, then each step appends one):
 
 Target (issue 7): the sparse cache's per-token attention time for ``strided`` grows at most 1.3x from
 n = 4k to 64k (``fixed`` grows with n/l by design: c·n/l summary keys).
-Writes ``<out>/sample-<card>.json`` (``sample-cpu-quick.json`` for --quick; default out: bench/results).
+Writes ``<out>/sample-<card>[-quick][-<modes>].json`` after every point (default out: bench/results).
 """
 
 from __future__ import annotations
@@ -264,34 +264,40 @@ def main(argv=None) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {name}; torch {torch.__version__}; {dtype}; batch {a.batch}; l={a.stride}, c={a.summary}; "
           f"{a.layers} blocks x {a.heads} heads, d={a.d_model}; integration {a.integration}", flush=True)
-    rows = []
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    modes = "" if a.modes == list(MODES) else "-" + "+".join(a.modes)
+    path = out / f"sample-{card_name(device)}{'-quick' if a.quick else ''}{modes}.json"
+    result = {"device": name, "torch": torch.__version__, "dtype": str(dtype), "python": sys.version.split()[0],
+              "commit": commit(), "args": {k: v for k, v in vars(a).items() if k != "out"}, "rows": [],
+              "flatness": [], "complete": False, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    rows = result["rows"]
     for pattern in a.patterns:
         for n in a.n:
             for mode in a.modes:
                 if pattern == "dense" and mode == "dense":
                     continue  # the same cache as sparse for the dense pattern
-                r = measure(pattern, n, mode, a, device, dtype)
-                rows.append(r)
-                print(table([r]).splitlines()[-1], flush=True)
+                rows.append(measure(pattern, n, mode, a, device, dtype))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+                write(path, result)  # after every point: a run cut short keeps what it measured
     print()
     print(table(rows))
-    flat = [f for f in (flatness(rows, "strided"), flatness(rows, "fixed")) if f]
-    for f in flat:
+    result["flatness"] = [f for f in (flatness(rows, "strided"), flatness(rows, "fixed")) if f]
+    for f in result["flatness"]:
         extra = f", kernels {f['kernel_ratio']:.2f}x" if "kernel_ratio" in f else ""
         verdict = ("met" if f["met"] else "NOT met") if f["pattern"] == "strided" else "grows with n/l by design"
         print(f"{f['pattern']} sparse cache: attention per token {f['attn_ratio']:.2f}x from n={f['n_from']} to "
               f"n={f['n_to']}{extra} (target <= 1.3 for strided: {verdict})")
-    result = {"device": name, "torch": torch.__version__, "dtype": str(dtype), "python": sys.version.split()[0],
-              "commit": commit(), "args": {k: v for k, v in vars(a).items() if k != "out"}, "rows": rows,
-              "flatness": flat, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"sample-{card_name(device)}{'-quick' if a.quick else ''}.json"
+    result["complete"] = True
+    write(path, result)
+    print(f"wrote {path}")
+    return result
+
+
+def write(path: Path, result: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(path)
-    print(f"wrote {path}")
-    return result
 
 
 if __name__ == "__main__":
