@@ -151,3 +151,19 @@ def test_min_context_is_refused_for_splits_of_separate_examples(tmp_path, capsys
     assert code == 2 and "eval.min_context applies to token streams (text, audio); this image split" in err
     code, stdout, _ = run([f"ckpt={img}"], capsys)
     assert code == 0 and json.loads(stdout)["tokens"] == 3 * 48
+
+
+def test_a_streamed_split_is_scored_to_its_end_or_to_the_limit(ckpt):
+    """Streamed hub splits are iterable datasets without a length."""
+    from sparse_transformer.evaluate import score
+    from sparse_transformer.sample import load_model
+
+    class Streamed(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            for i in range(5):
+                yield torch.full((64,), i, dtype=torch.long), torch.ones(64, dtype=torch.bool)
+
+    net = load_model(str(ckpt), [], device="cpu")[0]
+    nats, count, windows = score(net, Streamed(), 2, None, False)
+    assert (count, windows) == (5 * 64, 5) and nats > 0
+    assert score(net, Streamed(), 2, 3, False)[1:] == (3 * 64, 3)

@@ -261,6 +261,8 @@ BAD = [
     (["cache=paged"], "sample.cache=paged is unknown; valid: sparse, dense, none"),
     (["n=two"], "sample.n=two is not a valid int"),
     (["optim.lr=1"], "optim.lr cannot be set for sampling"),
+    (["data.cache_dri=/x"], "unknown sampling option data.cache_dri: did you mean data.cache_dir?"),
+    (["data.seq_len=128"], "is from another config: data.seq_len=64 in the checkpoint, 128 on the command line"),
     (["prompt=" + "x" * 64], "the prefix has 64 tokens but samples are 64 long"),
     (["prime_tokens=70"], "the prefix has 70 tokens but samples are 64 long"),
     (["length=20", "prime_tokens=20"], "the prefix has 20 tokens but samples are 20 long"),

@@ -80,8 +80,11 @@ def evaluation_windows(cfg, split: str, min_context: int):
     except (DataError, NotImplementedError) as e:
         raise ConfigError(f"evaluation needs the checkpoint's {split} data: {e}") from None
     ds = loader.dataset
-    if split == "validation" and getattr(ds, "count", None) is not None and hasattr(ds, "stream"):
-        ds.count = math.ceil(len(ds.stream) / ds.n)  # the whole split, not data.val_windows of it
+    if split == "validation" and getattr(ds, "count", None) is not None:  # the whole split, not data.val_windows
+        if hasattr(ds, "stream"):
+            ds.count = math.ceil(len(ds.stream) / ds.n)
+        elif hasattr(ds, "items"):
+            ds.count = len(ds.items)
     if min_context == 0:
         return ds
     stream = getattr(ds, "stream", None)
@@ -95,14 +98,17 @@ def score(net, ds, batch_size: int, limit: int | None = None, progress: bool = T
     """(summed nats, scored tokens, windows) of ``net`` over the windows of ``ds``."""
     import torch
     import torch.nn.functional as F
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader, IterableDataset, Subset
     from tqdm import tqdm
 
-    if limit is not None and limit < len(ds):
+    if isinstance(ds, IterableDataset):  # a streamed split: no length, take the first `limit`
+        if limit is not None:
+            ds = _take(ds, limit)
+    elif limit is not None and limit < len(ds):
         ds = Subset(ds, range(limit))
     dev = next(net.parameters()).device
     nats = torch.zeros((), dtype=torch.float64, device=dev)
-    count = 0
+    count = windows = 0
     with torch.no_grad():
         for tokens, mask in tqdm(DataLoader(ds, batch_size=batch_size), desc="evaluating", unit="batch",
                                  disable=not progress, file=sys.stderr):
@@ -111,7 +117,21 @@ def score(net, ds, batch_size: int, limit: int | None = None, progress: bool = T
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), reduction="none")
             nats += (nll.double() * mask.reshape(-1)).sum()
             count += int(mask.sum())
-    return float(nats), count, len(ds)
+            windows += tokens.shape[0]
+    return float(nats), count, windows
+
+
+def _take(ds, limit: int):
+    """The first ``limit`` items of an iterable dataset, as one."""
+    import itertools
+
+    from torch.utils.data import IterableDataset
+
+    class Take(IterableDataset):
+        def __iter__(self):
+            return itertools.islice(iter(ds), limit)
+
+    return Take()
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
@@ -147,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         fail(e)
     bs = opts.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
     nats, count, windows = score(net, ds, bs, opts.limit, opts.progress)
-    complete = opts.limit is None or opts.limit >= len(ds)
+    total = len(ds) if hasattr(ds, "__len__") else None  # None: a streamed split
+    complete = opts.limit is None or (opts.limit >= total if total is not None else windows < opts.limit)
     dev = next(net.parameters()).device
     result = {
         "ckpt": str(opts.ckpt), "split": opts.split, "modality": cfg.data.modality,

@@ -20,6 +20,7 @@ prefix that leaves nothing to generate.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import math
 import os
@@ -51,9 +52,6 @@ ARCH_KEYS = (
     "attention.pattern", "attention.stride", "attention.summary", "attention.summary_heads",
     "attention.integration", "attention.layout", "data.modality", "data.seq_len", "data.shape",
 )
-# Data keys that only say where the data is or how it is read, so they may differ from training.
-DATA_KEYS = ("data.source", "data.path", "data.cache_dir", "data.splits", "data.max_bytes", "data.num_workers",
-             "data.eval_batch_size", "data.batch_size", "data.pin_memory")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -63,6 +61,7 @@ def parse_cli(argv: list[str], section: str, cls) -> tuple:
     """(options of ``section`` merged over ``cls``'s defaults, config overrides, flags); ConfigError if bad."""
     what = {"sample": "sampling", "eval": "evaluation"}[section]
     names = [f for f in field_docs(cls)]
+    known = field_docs()
     opts, overrides, flags = [], [], set()
     for a in argv:
         if a in ("--help", "-h"):
@@ -75,13 +74,12 @@ def parse_cli(argv: list[str], section: str, cls) -> tuple:
         bare = key[len(section) + 1 :] if key.startswith(section + ".") else key
         if bare in names:
             opts.append(f"{bare}={value}")
-        elif key in ARCH_KEYS or key in DATA_KEYS or key == "imports":
-            overrides.append(f"{key}={value}")
+        elif key in known and (key in ARCH_KEYS or key.startswith("data.") or key == "imports"):
+            overrides.append(f"{key}={value}")  # where the data is and how it is read may differ from training
         else:
-            known = field_docs()
             if key in known:
                 raise ConfigError(f"{key} cannot be set for {what}: the checkpoint fixes it; {what} options: {', '.join(names)}")
-            valid = names + list(ARCH_KEYS) + list(DATA_KEYS)
+            valid = names + [k for k in known if k.startswith("data.")]
             close = difflib.get_close_matches(bare, valid, n=1, cutoff=0.6) or difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}?" if close else f"valid: {', '.join(names)}"
             raise ConfigError(f"unknown {what} option {key}: {hint}")
@@ -113,7 +111,8 @@ def help_text(module: str, cls, extra: str) -> str:
     lines = [f"usage: python -m sparse_transformer.{module} ckpt=<path> [option=value ...]", "", "options:"]
     for k, doc in field_docs(cls).items():
         lines.append(f"  {k:16s} {doc}")
-    lines += ["", extra, f"data keys you may change: {', '.join(DATA_KEYS)}; imports=[module, ...]"]
+    lines += ["", extra, "Also data.<key>=value (where the data is, how it is read: data.cache_dir, data.path, ...; "
+              "not data.modality, seq_len or shape) and imports=[module, ...]."]
     return "\n".join(lines)
 
 
@@ -360,6 +359,11 @@ def test_examples(cfg, count: int, seed: int):
         ds = dm.test_dataloader().dataset
     except (DataError, NotImplementedError) as e:
         raise ConfigError(f"priming needs the checkpoint's test data: {e}") from None
+    if isinstance(ds, torch.utils.data.IterableDataset):  # streamed: the first examples, in turn
+        rows = [torch.as_tensor(x, dtype=torch.long) for x, _ in itertools.islice(iter(ds), count)]
+        if not rows:
+            raise ConfigError("priming needs the checkpoint's test data, but its test stream is empty")
+        return torch.stack([rows[i % len(rows)] for i in range(count)])
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(ds))[:count] if len(ds) >= count else rng.integers(0, len(ds), count)
     return torch.stack([torch.as_tensor(ds[int(i)][0], dtype=torch.long) for i in idx])
