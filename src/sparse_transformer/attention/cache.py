@@ -86,7 +86,8 @@ class Planner:
             if all(p.name == "dense" for p in parts):
                 return Plan(None, None, t + 1)
             j = torch.arange(t + 1, device=self.device)
-            return Plan(None, union_mask(parts, torch.tensor(t, device=self.device), j), t + 1)
+            # new_full fills on the device: torch.tensor(t, device=cuda) would be a synchronising copy
+            return Plan(None, union_mask(parts, j.new_full((), t), j), t + 1)
         cands = [self._candidates(s, t) for s in structures]
         idx = torch.unique(torch.cat(cands)) if len(cands) > 1 else cands[0]  # sorted, each key once
         if not all(p.name in PRIMITIVES for p in parts):  # a hint only covers a user pattern: its mask decides
