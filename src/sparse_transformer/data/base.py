@@ -48,7 +48,12 @@ class TokenDataModule(L.LightningDataModule):
         d = cfg.data
         self.seq_len, self.batch_size = d.seq_len, d.batch_size
         key = "|".join(f"{k}={v}" for k, v in sorted(self.key_fields().items()))
-        name = Path(d.path).stem if d.source == "local" and d.path else d.source.rstrip("/").replace("/", "__")
+        if d.source == "local" and d.path:
+            name = Path(d.path).stem
+        elif Path(d.source).exists():  # a local dataset folder given as the source
+            name = Path(d.source).name
+        else:
+            name = d.source.rstrip("/").replace("/", "__")
         self.dir = Path(d.cache_dir) / f"{self.modality}-{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         self.splits: dict = {}
         self.meta: dict = {}

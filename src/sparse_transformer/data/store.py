@@ -177,11 +177,18 @@ def read_meta(path: str | Path) -> dict:
     return json.loads((Path(path) / META).read_text())
 
 
+def _values(col) -> np.ndarray:
+    """The uint8 values of an Arrow list column (zero-copy where possible). Arrow rather than
+    datasets' numpy format, which widens every integer to int64."""
+    parts = [c.flatten().to_numpy(zero_copy_only=False) for c in col.chunks]
+    return (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts else np.zeros(0, np.uint8)
+
+
 class TokenStream:
     """One split of a stored stream: ``read(start, n)`` returns uint8 tokens start..start+n-1."""
 
     def __init__(self, ds, length: int, row: int):
-        self.ds = ds.with_format("numpy")
+        self.ds = ds.with_format("arrow")
         self.length = length
         self.row = row
 
@@ -192,8 +199,7 @@ class TokenStream:
         if start < 0 or start + n > self.length:
             raise IndexError(f"window {start}..{start + n} outside a stream of {self.length} tokens")
         r0, r1 = start // self.row, (start + n - 1) // self.row
-        rows = self.ds[r0 : r1 + 1]["tokens"]
-        flat = np.concatenate(list(rows)) if len(rows) > 1 else np.asarray(rows[0])
+        flat = _values(self.ds[r0 : r1 + 1]["tokens"])
         off = start - r0 * self.row
         return flat[off : off + n]
 
@@ -205,13 +211,13 @@ class TokenItems:
     """One split of stored items: ``[i]`` is item i's uint8 tokens."""
 
     def __init__(self, ds):
-        self.ds = ds.with_format("numpy")
+        self.ds = ds.with_format("arrow")
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self.ds[int(i)]["tokens"])
+        return _values(self.ds[int(i)]["tokens"])
 
 
 class RawStream(TokenStream):
