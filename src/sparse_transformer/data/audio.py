@@ -108,7 +108,8 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
         try:
             x, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except Exception as e:
-            raise DataError(f"audio file {name} could not be decoded as audio ({type(e).__name__}: {str(e)[:120]}); "
+            why = str(e).split(": ")[-1][:120]  # libsndfile's reason, without the BytesIO repr before it
+            raise DataError(f"audio file {name} is not a WAV file and soundfile could not decode it either ({why}); "
                             f"replace or remove it") from None
     if len(x) == 0:
         raise DataError(f"audio file {name} has no samples")
@@ -222,12 +223,12 @@ class AudioDataModule(TokenDataModule):
         d = self.cfg.data
         caps = self._caps()
         if d.source == "bach":
-            from .music import bach_tracks, render_tracks
+            from .music import Renderer, bach_tracks
 
             plan = assign_tracks(bach_tracks(), d.splits)
-
-            for split in SPLITS:
-                self._write(w, split, render_tracks(plan[split], d.sample_rate, d.synth, desc=f"bach {split}"), caps[split])
+            with Renderer(d.sample_rate, d.synth) as render:
+                for split in SPLITS:
+                    self._write(w, split, render(plan[split], desc=f"bach {split}"), caps[split])
             return
         if d.source == "local":
             if not d.path:

@@ -140,28 +140,44 @@ def render_one(path: str, sr: int, synth: str) -> np.ndarray:
 
     notes = score_notes(path)
     x = fluidsynth_render(notes, sr) if synth == "fluidsynth" else simple_synth(notes, sr)
-    return mulaw_encode(x)
+    peak = float(np.abs(x).max())
+    return mulaw_encode(x * (0.9 / peak) if peak > 0 else x)  # every chorale at the same peak level
 
 
-def render_tracks(paths: list[str], sr: int, synth: str, desc: str = "bach"):
-    """Yield each score's mu-law tokens, in order; parsing (about 1 s a score) runs on every core."""
-    if not paths:
-        return
-    synth = resolve_synth(synth)
-    fn = partial(render_one, sr=sr, synth=synth)
-    workers = min(len(paths), os.cpu_count() or 1)
-    bar = tqdm(total=len(paths), desc=f"{desc} ({synth})", unit="score", mininterval=1.0)
-    try:
-        if workers <= 1:
-            for p in paths:
-                yield fn(p)
-                bar.update()
-        else:
+class Renderer:
+    """Renders scores to mu-law tokens on every core, one process pool for all splits (starting
+    one costs music21's import in each worker)::
+
+        with Renderer(sr, synth) as render:
+            for tokens in render(paths): ...
+    """
+
+    def __init__(self, sr: int, synth: str):
+        self.fn = partial(render_one, sr=sr, synth=resolve_synth(synth))
+        self.synth = self.fn.keywords["synth"]
+        self.workers = os.cpu_count() or 1
+        self.pool = None
+
+    def __enter__(self) -> "Renderer":
+        if self.workers > 1:
             import multiprocessing as mp
 
-            with mp.get_context("spawn").Pool(workers) as pool:  # spawn: no forked copies of torch/Lightning state
-                for tokens in pool.imap(fn, paths):
+            self.pool = mp.get_context("spawn").Pool(self.workers)  # spawn: no forked copies of torch/Lightning state
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+
+    def __call__(self, paths: list[str], desc: str = "bach"):
+        """Each score's tokens, in order; in batches so that stopping early (data.max_bytes) wastes little."""
+        bar = tqdm(total=len(paths), desc=f"{desc} ({self.synth})", unit="score", mininterval=1.0)
+        try:
+            step = 2 * self.workers
+            for i in range(0, len(paths), step):
+                batch = paths[i : i + step]
+                for tokens in (self.pool.map(self.fn, batch) if self.pool else map(self.fn, batch)):
                     yield tokens
                     bar.update()
-    finally:
-        bar.close()
+        finally:
+            bar.close()
