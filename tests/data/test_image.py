@@ -102,3 +102,12 @@ def test_real_fashion_mnist_if_installed(tmp_path):
     dm = _dm(tmp_path, "exp=fashion_mnist", "data.max_bytes=784000")  # 1000 images
     sizes = [len(dm.splits[k]) for k in ("train", "validation", "test")]
     assert sum(sizes) <= 1000 and min(sizes) > 0 and dm.splits["test"][0].shape == (784,)
+
+
+def test_raw_format_holds_the_same_images(tmp_path):
+    src = image_parquet_dir(tmp_path / "src", {"train": rand_images(10, 4, 5, 3), "test": rand_images(3, 4, 5, 3, seed=7)})
+    a = _dm(tmp_path / "a", *RGB, f"data.source={src}", "data.val_size=2")
+    r = _dm(tmp_path / "r", *RGB, f"data.source={src}", "data.val_size=2", "data.format=raw")
+    assert r.meta["format"] == "raw" and a.dir.name == r.dir.name  # same folder name: carried raw data is found
+    for k in ("train", "validation", "test"):
+        assert np.array_equal(_all(a.splits[k]), _all(r.splits[k]))

@@ -68,8 +68,8 @@ def test_hub_style_dataset_keeps_its_own_splits_and_streams_per_rank(tmp_path):
     assert all(x.shape == (32,) and x.dtype == torch.int64 for x in w0)
     b0 = b"".join(bytes(x.numpy().astype(np.uint8)) for x in w0)
     b1 = b"".join(bytes(x.numpy().astype(np.uint8)) for x in w1)
-    lines0 = {l for l in b0.split(b"\n")[1:-1]}
-    lines1 = {l for l in b1.split(b"\n")[1:-1]}
+    lines0 = set(b0.split(b"\n")[1:-1])
+    lines1 = set(b1.split(b"\n")[1:-1])
     assert lines0 and lines1 and not (lines0 & lines1)
     val = list(st.streamed("validation", limit=3))
     assert len(val) == 3 and bytes(val[0][0].numpy().astype(np.uint8)).startswith(b"val line 0")
@@ -105,7 +105,7 @@ def test_train_exits_2_with_one_line_on_bad_data(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([f"data.cache_dir={tmp_path}/cache", "data.source=local", f"data.path={tmp_path}/empty.txt",
               f"run_dir={tmp_path}/run", "logger.kind=none"])
-    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: data.path=")
     assert not (tmp_path / "run").exists() and leftovers(tmp_path) == []
 

@@ -208,9 +208,7 @@ class AudioDataModule(TokenDataModule):
         d = self.cfg.data
         k = {**super().key_fields(), "sample_rate": d.sample_rate, "test_split": d.test_split}
         if d.source == "bach":
-            from .music import resolve_synth
-
-            k["synth"] = resolve_synth("auto") if d.synth == "auto" else d.synth  # what auto picks here
+            k["synth"] = d.synth  # as given, so the carried folder is found where auto would pick another; meta says which ran
         return k
 
     def _caps(self) -> dict[str, int | None]:
@@ -227,6 +225,7 @@ class AudioDataModule(TokenDataModule):
 
             plan = assign_tracks(bach_tracks(), d.splits)
             with Renderer(d.sample_rate, d.synth) as render:
+                w.meta["synth"] = render.synth
                 for split in SPLITS:
                     self._write(w, split, render(plan[split], desc=f"bach {split}"), caps[split])
             return
