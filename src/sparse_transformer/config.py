@@ -32,6 +32,8 @@ CONF_DIR = Path(os.environ.get("SPARSE_TRANSFORMER_CONF", ROOT / "conf"))
 PRECISIONS = ("auto", "32", "32-true", "64", "64-true", "bf16-mixed", "16-mixed", "bf16-true")
 LOGGERS = ("wandb", "csv", "none")
 MODALITIES = ("text", "image", "audio")
+DATA_FORMATS = ("arrow", "raw")
+SYNTHS = ("auto", "fluidsynth", "simple")
 STRATEGIES = ("auto", "ddp", "fsdp", "ddp_spawn")
 
 
@@ -86,9 +88,9 @@ class DataConfig:
     modality: str = "text"
     """text | image | audio: picks the DataModule."""
     source: str = "pydoc"
-    """Where the data comes from: a built-in offline corpus (pydoc), a hub dataset name, or 'local' (data.path)."""
+    """Where the data comes from: a built-in corpus (text: pydoc, shakespeare; audio: bach), 'local' (data.path), or a hub dataset name."""
     path: Optional[str] = None
-    """Local file or folder to read instead of the hub (enwik8 file or zip, image folder, audio files)."""
+    """Local data for source=local: a text file or zip (enwik8), idx files or an image folder, audio files, or a saved/parquet dataset folder."""
     cache_dir: str = "data"
     """Where prepared token arrays are stored (never committed)."""
     seq_len: int = 256
@@ -102,7 +104,7 @@ class DataConfig:
     splits: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
     """Fractions of a single-stream corpus used for train / val / test (contiguous, in that order)."""
     max_bytes: Optional[int] = None
-    """Cap on the prepared tokens (e.g. to carry a subset to the GPU machine)."""
+    """Cap on the prepared tokens (e.g. 30000000 to carry a subset to the GPU machine): text keeps its first max_bytes, images and audio shrink every split in proportion."""
     num_workers: int = 0
     """DataLoader worker processes."""
     pin_memory: bool = False
@@ -113,6 +115,16 @@ class DataConfig:
     """Stream a hub dataset (IterableDataset sharded per rank) instead of preparing it on disk."""
     val_windows: Optional[int] = None
     """Evaluate on at most this many validation windows (None: the whole split)."""
+    val_size: Optional[int] = None
+    """Images/audio tracks held out of the train split for validation (cifar10: 2000); None: the source's validation split, else data.splits."""
+    test_split: str = "test"
+    """The source's split used as the test set (imagenet64: validation, the paper's 'official validation set')."""
+    format: str = "arrow"
+    """Prepared-data format: arrow (a datasets DatasetDict) | raw (flat uint8 files read with numpy alone, for machines without datasets)."""
+    sample_rate: int = 12000
+    """Audio samples per second after resampling (the paper: 12 kHz), stored as 8-bit mu-law."""
+    synth: str = "auto"
+    """How scores (bach) become audio: auto (fluidsynth if it and a GM soundfont are installed, else simple) | fluidsynth | simple (own additive synthesizer)."""
 
 
 @dataclass
@@ -483,6 +495,14 @@ def check(cfg: DictConfig) -> None:
     _need(len(d.splits) == 3 and all(x >= 0 for x in d.splits) and 0 < sum(d.splits) <= 1.0 + 1e-9,
           f"data.splits={list(d.splits)} must be three fractions (train, val, test) summing to at most 1")
     _need(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
+    if d.modality == "image":
+        _need(bool(d.shape) and len(d.shape) == 3 and int(d.shape[2]) in (1, 3, 4),
+              f"data.shape={list(d.shape) if d.shape else None} must be [H, W, C] with C in 1, 3, 4 for data.modality=image, e.g. [32, 32, 3]")
+    _need(d.val_size is None or d.val_size >= 1, f"data.val_size={d.val_size} must be >= 1 or null")
+    _need(d.max_bytes is None or d.max_bytes >= 1, f"data.max_bytes={d.max_bytes} must be >= 1 or null")
+    _need(d.format in DATA_FORMATS, f"data.format={d.format} is unknown; valid: {', '.join(DATA_FORMATS)}")
+    _need(d.sample_rate >= 1000, f"data.sample_rate={d.sample_rate} must be >= 1000 (the paper: 12000)")
+    _need(d.synth in SYNTHS, f"data.synth={d.synth} is unknown; valid: {', '.join(SYNTHS)}")
 
     _need(o.lr > 0, f"optim.lr={o.lr} must be > 0")
     _need(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0")

@@ -1,4 +1,8 @@
-"""One LightningDataModule per modality; each hands out (tokens, mask) batches and the data's shape."""
+"""One LightningDataModule per modality; each hands out (tokens, mask) batches and the data's shape.
+
+``python -m sparse_transformer.data exp=<name> key=value ...`` (``make data``) prepares an
+experiment's data once and prints where it is and how big.
+"""
 
 from __future__ import annotations
 
@@ -9,4 +13,12 @@ def build_datamodule(cfg):
         from .text import TextDataModule
 
         return TextDataModule(cfg)
-    raise NotImplementedError(f"data.modality={modality} is not available yet; valid now: text")
+    if modality == "image":
+        from .image import ImageDataModule
+
+        return ImageDataModule(cfg)
+    if modality == "audio":
+        from .audio import AudioDataModule
+
+        return AudioDataModule(cfg)
+    raise ValueError(f"data.modality={modality} is unknown; valid: text, image, audio")

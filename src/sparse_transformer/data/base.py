@@ -1,0 +1,171 @@
+"""What every modality's LightningDataModule shares: the cache folder, prepare once (rank 0) into
+a store, open it in ``setup``, check sizes, and build the DataLoaders from ``data.*``.
+
+A subclass sets ``modality`` and ``kind`` ("stream": text/audio, cut into windows of seq_len;
+"items": images, one sequence each) and writes its splits in ``build(writer)``; with
+``data.streaming=true`` and a hub source it returns iterable datasets from ``streamed(split)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .store import SPLITS, DataError, StoreWriter, is_prepared, open_store
+from .windows import EvalWindows, RandomWindows
+
+BUILTIN: set[str] = {"local", "pydoc", "shakespeare", "bach"}  # sources that are not hub names
+
+
+class ItemDataset(Dataset):
+    """Items (images) as (tokens int64 (n,), mask bool (n,) all True)."""
+
+    def __init__(self, items, limit: int | None = None):
+        self.items = items
+        self.count = len(items) if limit is None else min(len(items), limit)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(self.items[i].astype("int64"))
+        return x, torch.ones(len(x), dtype=torch.bool)
+
+
+class TokenDataModule(L.LightningDataModule):
+    modality = "?"
+    kind = "stream"
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.data
+        self.seq_len, self.batch_size = d.seq_len, d.batch_size
+        key = "|".join(f"{k}={v}" for k, v in sorted(self.key_fields().items()))
+        if d.source == "local" and d.path:
+            name = Path(d.path).stem
+        elif Path(d.source).exists():  # a local dataset folder given as the source
+            name = Path(d.source).name
+        else:
+            name = d.source.rstrip("/").replace("/", "__")
+        self.dir = Path(d.cache_dir) / f"{self.modality}-{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+        self.splits: dict = {}
+        self.meta: dict = {}
+
+    # ---- identity of the prepared data: everything that changes the tokens, nothing that doesn't
+    def key_fields(self) -> dict:
+        d = self.cfg.data
+        return {"source": d.source, "path": d.path, "splits": list(d.splits), "max_bytes": d.max_bytes}
+
+    @property
+    def shape(self) -> list[int]:
+        from ..config import positional_shape
+
+        return positional_shape(self.cfg)
+
+    @property
+    def streaming(self) -> bool:
+        d = self.cfg.data
+        return bool(d.streaming) and d.source not in BUILTIN
+
+    # ---- preparation
+    def build(self, writer: StoreWriter) -> None:
+        raise NotImplementedError
+
+    def item_len(self) -> int | None:
+        return None
+
+    def prepare_data(self) -> None:
+        """Build the store once (Lightning calls this on local rank 0 only)."""
+        if self.streaming or is_prepared(self.dir, self.cfg.data.format):
+            return
+        t0 = time.time()
+        meta = {"modality": self.modality, "source": self.cfg.data.source, "key": self.key_fields()}
+        with StoreWriter(self.dir, self.kind, meta, self.cfg.data.format, item_len=self.item_len()) as w:
+            self.build(w)
+            if sum(w.lengths.values()) == 0:
+                raise DataError(f"data.source={self.cfg.data.source}{' data.path=' + str(self.cfg.data.path) if self.cfg.data.path else ''} gave no data")
+        self.prepare_seconds = time.time() - t0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        if self.streaming:
+            self.splits = {s: None for s in SPLITS}
+            self.streamed("train")  # fail here (offline, bad name), where train.py reports it in one line
+            return
+        self.meta, self.splits = open_store(self.dir)
+        for name in SPLITS:
+            size = len(self.splits[name])
+            if name == "test" and size == 0:
+                continue  # a source may have no test split
+            if self.kind == "stream" and size < self.seq_len:
+                raise DataError(f"the {name} split of {self.dir} has {size} tokens, fewer than data.seq_len={self.seq_len}; "
+                                f"lower data.seq_len, raise data.max_bytes or change data.splits")
+            if self.kind == "items" and size == 0:
+                raise DataError(f"the {name} split of {self.dir} is empty; give the source more items or change data.val_size/data.splits")
+
+    # ---- loaders
+    def _loader(self, ds, shuffle=False, batch_size=None):
+        d = self.cfg.data
+        return DataLoader(ds, batch_size=batch_size or self.batch_size, shuffle=shuffle, num_workers=d.num_workers,
+                          pin_memory=d.pin_memory, persistent_workers=d.persistent_workers and d.num_workers > 0,
+                          drop_last=False)
+
+    def _rank(self) -> tuple[int, int, int]:
+        t = self.trainer
+        if t is None:
+            return 0, 1, 0
+        return t.global_rank, t.world_size, t.current_epoch
+
+    def train_dataloader(self):
+        rank, world, epoch = self._rank()
+        if self.streaming:
+            return self._loader(self.streamed("train", rank=rank, world=world, epoch=epoch))
+        if self.kind == "items":
+            return self._loader(ItemDataset(self.splits["train"]), shuffle=True)
+        count = max(1, math.ceil(len(self.splits["train"]) / self.seq_len))
+        return self._loader(RandomWindows(self.splits["train"], self.seq_len, count, self.cfg.seed, rank, epoch))
+
+    def _eval(self, split: str, limit: int | None):
+        bs = self.cfg.data.eval_batch_size
+        if self.streaming:
+            rank, world, _ = self._rank()
+            return self._loader(self.streamed(split, rank=rank, world=world, limit=limit), batch_size=bs)
+        if self.kind == "items":
+            return self._loader(ItemDataset(self.splits[split], limit), batch_size=bs)
+        return self._loader(EvalWindows(self.splits[split], self.seq_len, limit), batch_size=bs)
+
+    def val_dataloader(self):
+        return self._eval("validation", self.cfg.data.val_windows)
+
+    def test_dataloader(self):
+        return self._eval("test", None)
+
+    # ---- streaming (hub sources with data.streaming=true)
+    def stream_records(self, ds, source: str):
+        """(dataset with the columns this modality reads, picklable record -> uint8 tokens function)."""
+        raise DataError(f"data.streaming=true is not available for data.modality={self.modality}")
+
+    local_hint = "local files"
+
+    def streamed(self, split: str, rank: int = 0, world: int = 1, epoch: int = 0, limit: int | None = None):
+        from . import hub
+        from .streaming import StreamedWindows, shard
+
+        d = self.cfg.data
+        if getattr(self, "_stream", None) is None:
+            self._stream = hub.load(d.source, streaming=True, local_hint=self.local_hint)
+        name = {"train": "train", "validation": "validation", "test": d.test_split}[split]
+        if name not in self._stream:
+            raise DataError(f"data.streaming=true reads the source's {name} split, but data.source={d.source} has only "
+                            f"{', '.join(self._stream)}; prepare it on disk instead (data.streaming=false)")
+        ds, fn = self.stream_records(self._stream[name], d.source)
+        ds = shard(ds, rank, world, shuffle_seed=self.cfg.seed if split == "train" else None, epoch=epoch)
+        return StreamedWindows(ds, fn, self.seq_len, self.kind, limit)
