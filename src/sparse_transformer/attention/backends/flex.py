@@ -475,6 +475,13 @@ def groups(heads: tuple) -> list[tuple[list[int], tuple]]:
 
 @torch.compiler.disable  # plans are Python-side caches; the kernels inside are compiled on their own
 def attend(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float, kernel_options=None) -> Tensor:
+    if min(q.shape[-1], v.shape[-1]) < 16:  # FlexAttention's kernels need head dims >= 16
+        from ..patterns import warn_once
+        from . import blocked
+
+        warn_once(("flex-small-head", q.shape[-1], v.shape[-1]),
+                  f"backend 'flex' needs head dims >= 16 (got {q.shape[-1]} and {v.shape[-1]}): running 'blocked' instead")
+        return blocked.attend(q, k, v, heads, scale)
     if q.device.type != "cuda" and COMPILE:
         raise ValueError("attention.backend 'flex' needs a CUDA device (FlexAttention has no backward on CPU); use blocked")
     gs = groups(heads)
