@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -262,6 +263,11 @@ class Config:
 # ------------------------------------------------------------------------------------------------
 def field_docs(cls=Config, prefix: str = "") -> dict[str, str]:
     """``{dotted key: docstring}`` for every leaf of the schema."""
+    return dict(_field_docs(cls, prefix))
+
+
+@functools.lru_cache(maxsize=None)  # parsing the source costs ~0.1 s a class; every load_config asks 3 times
+def _field_docs(cls, prefix: str) -> dict[str, str]:
     docs: dict[str, str] = {}
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body

@@ -146,10 +146,6 @@ def validate_sweep(sweep: dict, where: str) -> None:
     params = sweep.get("parameters")
     if not isinstance(params, dict) or not params:
         raise SweepError(f"{where}: parameters must be a non-empty mapping of config keys (e.g. optim.lr)")
-    try:
-        _check_keys(list(params), where)
-    except ConfigError as e:
-        raise SweepError(str(e)) from None
     for key, spec in params.items():
         if not isinstance(spec, dict):
             raise SweepError(f"{where}: parameters.{key} must be a mapping (value, values, or distribution/min/max)")
@@ -163,6 +159,10 @@ def validate_sweep(sweep: dict, where: str) -> None:
             raise SweepError(f"{where}: parameters.{key} needs value, values, or min and max")
         if "values" in spec and not spec["values"]:
             raise SweepError(f"{where}: parameters.{key}.values is empty")
+    try:
+        _check_keys(list(params), where)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
     if method == "grid":
         for key, spec in params.items():
             if "value" not in spec and "values" not in spec:
@@ -369,7 +369,7 @@ def run_local(name: str, trials: int, engine: str = "auto", out: str | Path | No
             raise SweepError(f"{out} holds trials of a different {path}; move it away or pass --out <folder>")
     else:
         state = {"sweep": path.stem, "file": str(path), "digest": digest, "engine": engine, "trials": []}
-    say = (lambda *a: None) if quiet else print
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     metric, goal = sweep["metric"]["name"], sweep["metric"].get("goal", "minimize")
     say(f"sweep {path.stem}: {sweep['method']} search with {'W&B sweeps' if engine == 'sweeps' else 'the built-in sampler'}, "
         f"{trials} trials, {goal} {metric}; state in {state_file}")

@@ -99,7 +99,8 @@ class SamplesCallback(Callback):
     """Every ``every_n_steps`` training steps (0: never) and at the end of training: ``count``
     samples into ``<out_dir>/step-<step>.(png|wav|txt)`` and, with a W&B logger, ``samples/image``
     (a ``wandb.Image`` grid), ``samples/audio`` (``wandb.Audio`` at data.sample_rate) or
-    ``samples/text`` (a ``wandb.Table`` of step, sample, text)."""
+    ``samples/text`` (a ``wandb.Table`` of step, sample, text). Under ``trainer.fast_dev_run`` (a
+    smoke test) it draws one sample, of at most 16 tokens for text and audio."""
 
     def __init__(self, out_dir: str | Path, every_n_steps: int = 0, at_end: bool = True, count: int = 4,
                  length: int | None = None, temperature: float = 1.0, seed: int = 0):
@@ -126,7 +127,10 @@ class SamplesCallback(Callback):
         modality, shape = cfg.data.modality, pl_module.net.cfg.shape
         rate = int(cfg.data.get("sample_rate", 12000))
         length = None if modality == "image" else self.length
-        tokens, sampler = generate(pl_module.net, self.count, length, self.temperature, seed=self.seed + step)
+        count = self.count
+        if trainer.fast_dev_run:
+            count, length = 1, (None if modality == "image" else min(length or 16, 16))
+        tokens, sampler = generate(pl_module.net, count, length, self.temperature, seed=self.seed + step)
         files = save_samples(tokens, modality, shape, self.out_dir, f"step-{step:06d}", sample_rate=rate)
         self.files += files
         print(f"samples at step {step} ({sampler}): {', '.join(str(f) for f in files)}")
