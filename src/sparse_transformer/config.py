@@ -505,7 +505,7 @@ def check(cfg: DictConfig) -> None:
     _need(am.example >= 0, f"callbacks.attention_maps.example={am.example} must be >= 0")
     _need(all(0 <= q < d.seq_len for q in am.queries),
           f"callbacks.attention_maps.queries={list(am.queries)} must be positions in 0..{d.seq_len - 1}")
-    _need(am.layers is None or all(0 <= r < m.n_layer for r in am.layers),
+    _need(am.layers is None or (len(am.layers) > 0 and all(0 <= r < m.n_layer for r in am.layers)),
           f"callbacks.attention_maps.layers={list(am.layers) if am.layers is not None else None} must be blocks in 0..{m.n_layer - 1}")
     tp = cb.throughput
     _need(tp.window >= 2, f"callbacks.throughput.window={tp.window} must be >= 2")

@@ -149,6 +149,8 @@ def validate_sweep(sweep: dict, where: str) -> None:
     for key, spec in params.items():
         if not isinstance(spec, dict):
             raise SweepError(f"{where}: parameters.{key} must be a mapping (value, values, or distribution/min/max)")
+        if key == "run_dir":
+            raise SweepError(f"{where}: parameters.run_dir cannot be swept: every trial gets its own run folder")
         if "parameters" in spec:
             raise SweepError(f"{where}: parameters.{key} is nested; W&B would pass it as one dict argument: "
                              f"use dotted config keys (e.g. optim.lr)")
@@ -395,6 +397,7 @@ def run_local(name: str, trials: int, engine: str = "auto", out: str | Path | No
         if tdir.exists():
             shutil.rmtree(tdir)
         tdir.mkdir(parents=True)
+        (tdir / "args.json").write_text(json.dumps(t["params"]))  # what ${args_json_file} names, as an agent writes it
         cmd = agent_command(sweep, t["params"], str(tdir / "args.json"))
         t.update(command=cmd, run_dir=str(tdir / "run"), status="running", metric=None, error=None)
         try:
