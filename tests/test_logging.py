@@ -67,7 +67,6 @@ def read_wandb_log(path) -> list:
     return records
 
 
-@pytest.mark.slow
 def test_run_folder_holds_the_logged_metrics_and_media(tmp_path, monkeypatch):
     from sparse_transformer.train import main
 
