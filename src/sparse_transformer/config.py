@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -179,10 +181,15 @@ class TrainerConfig:
     """Ask torch for deterministic algorithms."""
 
 
+def default_logger() -> str:
+    """wandb where it is installed (offline without an API key or network), csv otherwise."""
+    return "wandb" if importlib.util.find_spec("wandb") is not None else "csv"
+
+
 @dataclass
 class LoggerConfig:
-    kind: str = "csv"
-    """wandb | csv | none."""
+    kind: str = field(default_factory=default_logger)
+    """wandb (the default where wandb is installed; offline without an API key or network, WANDB_MODE respected) | csv | none."""
     project: str = "sparse-transformer"
     """W&B project."""
     entity: Optional[str] = None
@@ -194,7 +201,52 @@ class LoggerConfig:
     name: Optional[str] = None
     """Run name (default: the run folder's name)."""
     log_model: bool = False
-    """Upload checkpoints to W&B as artifacts."""
+    """Log checkpoints (last.ckpt at the end) as W&B model artifacts; offline runs keep them for `wandb sync`."""
+
+
+@dataclass
+class SamplesConfig:
+    every_n_steps: int = 0
+    """Generate and log samples every this many training steps (0: only at the end of training)."""
+    at_end: bool = True
+    """Also generate samples when training ends."""
+    count: int = 4
+    """Samples per round (images are laid out in a grid)."""
+    length: Optional[int] = None
+    """Tokens per text/audio sample (default: data.seq_len); images always fill data.shape."""
+    temperature: float = 1.0
+    """Softmax temperature of the sampler."""
+
+
+@dataclass
+class AttentionMapsConfig:
+    enabled: bool = True
+    """Draw attention maps for a fixed validation example at the start and end of training."""
+    every_n_steps: int = 0
+    """Also draw them every this many training steps (0: only at the start and end)."""
+    example: int = 0
+    """Index of the validation window whose attention is drawn."""
+    queries: list[int] = field(default_factory=list)
+    """Query positions to draw (default: three spread over the sequence, the last one included)."""
+    layers: Optional[list[int]] = None
+    """Residual blocks to draw (default: all, or 8 spread evenly over deeper models)."""
+
+
+@dataclass
+class ThroughputConfig:
+    enabled: bool = True
+    """Log tokens/s, FLOP/s and MFU through Lightning's ThroughputMonitor."""
+    window: int = 20
+    """Training batches in the rolling average (rates appear after this many)."""
+    peak_flops: Optional[float] = None
+    """Peak FLOP/s of one device for MFU (None: 989e12, H100/H200 dense bf16, on CUDA; no MFU on CPU)."""
+
+
+@dataclass
+class CallbacksConfig:
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    attention_maps: AttentionMapsConfig = field(default_factory=AttentionMapsConfig)
+    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
 
 
 CACHE_MODES = ("sparse", "dense", "none")
@@ -279,6 +331,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,6 +339,11 @@ class Config:
 # ------------------------------------------------------------------------------------------------
 def field_docs(cls=Config, prefix: str = "") -> dict[str, str]:
     """``{dotted key: docstring}`` for every leaf of the schema."""
+    return dict(_field_docs(cls, prefix))
+
+
+@functools.lru_cache(maxsize=None)  # parsing the source costs ~0.1 s a class; every load_config asks 3 times
+def _field_docs(cls, prefix: str) -> dict[str, str]:
     docs: dict[str, str] = {}
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body
@@ -321,6 +379,8 @@ def parse_args(argv: list[str]) -> tuple[str, list[str], set[str]]:
         if "=" not in s:
             raise ConfigError(f"argument {a!r} is not key=value (e.g. model.n_layer=4) or --cfg / --help")
         key, value = s.split("=", 1)
+        if value == "None":  # how a W&B agent writes a null sweep value (f"{key}={None}")
+            value = "null"
         if key == "exp":
             exp = value
         else:
@@ -348,7 +408,7 @@ def _leaf_keys(d: Any, prefix: str = "") -> list[str]:
     if isinstance(d, dict):
         for k, v in d.items():
             key = f"{prefix}{k}"
-            if isinstance(v, dict) and not key.endswith(("layout", "shape", "tags", "splits", "imports")):
+            if isinstance(v, dict) and not key.endswith(("layout", "shape", "tags", "splits", "imports", "queries", "layers")):
                 out.extend(_leaf_keys(v, key + "."))
             else:
                 out.append(key)
@@ -518,6 +578,22 @@ def check(cfg: DictConfig) -> None:
     _need(t.max_steps == -1 or t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be -1 (off) or >= 1")
     _need(t.accumulate_grad_batches >= 1, f"trainer.accumulate_grad_batches={t.accumulate_grad_batches} must be >= 1")
     _need(lg.kind in LOGGERS, f"logger.kind={lg.kind} is unknown; valid: {', '.join(LOGGERS)}")
+    cb = cfg.callbacks
+    _need(cb.samples.every_n_steps >= 0, f"callbacks.samples.every_n_steps={cb.samples.every_n_steps} must be >= 0 (0: only at the end)")
+    _need(cb.samples.count >= 1, f"callbacks.samples.count={cb.samples.count} must be >= 1")
+    _need(cb.samples.length is None or 1 <= cb.samples.length <= d.seq_len,
+          f"callbacks.samples.length={cb.samples.length} must be in 1..data.seq_len={d.seq_len} or null")
+    _need(cb.samples.temperature > 0, f"callbacks.samples.temperature={cb.samples.temperature} must be > 0")
+    am = cb.attention_maps
+    _need(am.every_n_steps >= 0, f"callbacks.attention_maps.every_n_steps={am.every_n_steps} must be >= 0 (0: start and end only)")
+    _need(am.example >= 0, f"callbacks.attention_maps.example={am.example} must be >= 0")
+    _need(all(0 <= q < d.seq_len for q in am.queries),
+          f"callbacks.attention_maps.queries={list(am.queries)} must be positions in 0..{d.seq_len - 1}")
+    _need(am.layers is None or (len(am.layers) > 0 and all(0 <= r < m.n_layer for r in am.layers)),
+          f"callbacks.attention_maps.layers={list(am.layers) if am.layers is not None else None} must be blocks in 0..{m.n_layer - 1}")
+    tp = cb.throughput
+    _need(tp.window >= 2, f"callbacks.throughput.window={tp.window} must be >= 2")
+    _need(tp.peak_flops is None or tp.peak_flops > 0, f"callbacks.throughput.peak_flops={tp.peak_flops} must be > 0 or null")
     check_sample(cfg.sample)
     check_eval(cfg.eval)
 

@@ -55,21 +55,9 @@ def build_logger(cfg, out: Path):
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(out), name="", version="")
-    from lightning.pytorch.loggers import WandbLogger
+    from .callbacks.loggers import build_wandb_logger
 
-    lg = cfg.logger
-    offline = os.environ.get("WANDB_MODE") == "offline" or not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb())
-    return WandbLogger(project=lg.project, entity=lg.entity, group=lg.group, tags=list(lg.tags) or None,
-                       name=lg.name or out.name, save_dir=str(out), offline=offline, log_model=lg.log_model)
-
-
-def _netrc_has_wandb() -> bool:
-    try:
-        import netrc
-
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except Exception:
-        return False
+    return build_wandb_logger(cfg, out)
 
 
 def build_trainer(cfg, out: Path, callbacks=None, logger=None):
@@ -106,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     import lightning as L
     import torch
 
+    from .callbacks import build_callbacks
+    from .callbacks.loggers import finish
     from .data import build_datamodule
     from .data.store import DataError
     from .lit import SparseTransformerLM, config_dict
@@ -132,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "config.yaml").write_text(to_yaml(cfg))
     lit = SparseTransformerLM(config_dict(cfg), dm.shape)
     logger = build_logger(cfg, out)
-    trainer = build_trainer(cfg, out, logger=logger)
+    trainer = build_trainer(cfg, out, callbacks=build_callbacks(cfg, out, logger), logger=logger)
     entropy = dm.entropy() if hasattr(dm, "entropy") else None
     if rank0:
         print(f"run folder: {out}")
@@ -149,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.resume:
         ckpt = str(out / "checkpoints" / "last.ckpt") if cfg.resume == "last" else cfg.resume
     trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)
+    metrics = _scalars({**trainer.logged_metrics, **trainer.callback_metrics})  # validate() below resets them
     end_bpd = None
     if not cfg.trainer.fast_dev_run:
         res = trainer.validate(lit, datamodule=dm, verbose=False)
@@ -158,13 +149,20 @@ def main(argv: list[str] | None = None) -> dict:
         "exp": cfg.exp, "run_dir": str(out), "steps": int(trainer.global_step), "minutes": round(minutes, 2),
         "val_bpd_start": start_bpd, "val_bpd_end": end_bpd, "unigram_entropy": entropy,
         "params": lit.net.num_params(),
+        # the last value of every logged metric (what W&B's run summary keeps), read by sweeps
+        "metrics": {**metrics, **_scalars({**trainer.logged_metrics, **trainer.callback_metrics})},
     }
     if rank0:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         print(f"steps {summary['steps']} in {minutes:.1f} min; val bpd {_fmt(start_bpd)} -> {_fmt(end_bpd)}"
               + (f" (unigram entropy {entropy:.3f})" if entropy is not None else ""))
         print(f"run folder: {out} (config.yaml, checkpoints/last.ckpt, summary.json)")
+    finish(summary)
     return summary
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: float(v) for k, v in sorted(metrics.items()) if getattr(v, "numel", lambda: 1)() == 1}
 
 
 def _fmt(x) -> str:

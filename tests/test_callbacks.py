@@ -1,0 +1,190 @@
+"""Samples, media, attention maps and FLOP counting (no Trainer: each piece on its own)."""
+
+import math
+import sys
+import types
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_transformer.attention import heads_mask
+from sparse_transformer.callbacks import attention_maps as am
+from sparse_transformer.callbacks import media, samples, throughput
+from sparse_transformer.config import main_config
+from sparse_transformer.model import NetConfig, SparseTransformer
+
+
+def tiny_net(shape=(8, 8), pattern="strided", stride=8, **kw) -> SparseTransformer:
+    torch.manual_seed(0)
+    net = SparseTransformer(NetConfig(n_layer=2, n_head=2, d_model=32, shape=tuple(shape), pattern=pattern,
+                                     stride=stride, backend="reference", **kw))
+    with torch.no_grad():  # the logit layer starts at 0 (uniform); give it something to say
+        net.head.weight.normal_(0, 0.5)
+    return net.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling
+# ------------------------------------------------------------------------------------------------
+def test_uncached_sampler_is_the_autoregressive_chain():
+    """Near-zero temperature = greedy decoding; compare with a decode that feeds only the prefix
+    (another path through the model: shorter inputs, no padding with zeros)."""
+    net = tiny_net()
+    got = samples.sample_uncached(net, 2, 20, temperature=1e-6, generator=torch.Generator().manual_seed(0))
+    idx = torch.zeros(2, 0, dtype=torch.long)
+    with torch.no_grad():
+        for t in range(20):
+            nxt = net(torch.cat([idx, torch.zeros(2, 1, dtype=torch.long)], 1))[:, t].argmax(-1)
+            idx = torch.cat([idx, nxt[:, None]], 1)
+    assert got.shape == (2, 20) and torch.equal(got, idx)
+
+
+def test_sampler_draws_from_the_model_distribution():
+    """At temperature 1 the first token's empirical frequencies follow softmax(logits) at t=0."""
+    net = tiny_net(shape=(4, 4), stride=4)
+    with torch.no_grad():
+        p = torch.softmax(net(torch.zeros(1, 16, dtype=torch.long))[0, 0], -1)
+    draws = samples.sample_uncached(net, 4000, 1, generator=torch.Generator().manual_seed(1))[:, 0]
+    freq = torch.bincount(draws, minlength=256).double() / 4000
+    assert 0.5 * (freq - p.double()).abs().sum() < 0.08  # total variation; a uniform draw would be ~0.5
+
+
+def test_library_sampler_is_used_when_its_signature_fits(monkeypatch):
+    calls = {}
+
+    def generate(net, num_samples, max_new_tokens, temperature=1.0, generator=None):
+        calls.update(n=num_samples, length=max_new_tokens, t=temperature)
+        return torch.full((num_samples, max_new_tokens), 7)
+
+    mod = types.ModuleType("sparse_transformer.sample")
+    mod.generate = generate
+    monkeypatch.setitem(sys.modules, "sparse_transformer.sample", mod)
+    tokens, name = samples.generate(tiny_net(), 3, 5, temperature=0.5)
+    assert name == "sparse_transformer.sample.generate" and calls == {"n": 3, "length": 5, "t": 0.5}
+    assert tokens.shape == (3, 5) and (tokens == 7).all()
+
+    mod.generate = lambda net, prompt, steps, top_k: None  # 'prompt' and 'top_k' cannot be filled
+    with pytest.warns(UserWarning, match="does not match"):
+        tokens, name = samples.generate(tiny_net(), 2, 4)
+    assert name == "sample_uncached" and tokens.shape == (2, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Media
+# ------------------------------------------------------------------------------------------------
+def test_image_grid_places_every_image():
+    imgs = np.stack([np.full((3, 4, 3), k * 40, np.uint8) for k in range(5)])
+    grid = media.image_grid(imgs, pad=1)  # 3 columns, 2 rows
+    assert grid.shape == (2 * 4 - 1, 3 * 5 - 1, 3)
+    for k in range(5):
+        r, c = divmod(k, 3)
+        assert (grid[r * 4: r * 4 + 3, c * 5: c * 5 + 4] == k * 40).all()
+    assert (grid[3] == 0).all() and (grid[:, 4] == 0).all()  # padding
+
+
+def test_mulaw_decode_inverts_the_encoder():
+    x = np.linspace(-1, 1, 1001)
+    mu = 255
+    q = np.floor((np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu) + 1) / 2 * mu + 0.5).astype(np.uint8)
+    y = media.mulaw_decode(q)
+    assert y.dtype == np.float32 and np.all(np.diff(media.mulaw_decode(np.arange(256))) > 0)
+    # an 8-bit mu-law code is coarse at the ends and fine near 0
+    assert np.abs(y - x).max() < 0.025 and np.abs(y - x)[np.abs(x) < 0.01].max() < 2e-4
+
+
+def test_save_samples_writes_each_modality(tmp_path):
+    rng = np.random.default_rng(0)
+    png = media.save_samples(rng.integers(0, 256, (4, 4 * 4 * 3)), "image", (4, 4, 3), tmp_path, "img")
+    from PIL import Image
+
+    assert Image.open(png[0]).size == (2 * 5 - 1, 2 * 5 - 1)
+    wavs = media.save_samples(rng.integers(0, 256, (2, 600)), "audio", None, tmp_path, "snd", sample_rate=12000)
+    with wave.open(str(wavs[1])) as w:
+        assert (w.getframerate(), w.getnframes(), w.getnchannels(), w.getsampwidth()) == (12000, 600, 1, 2)
+    txt = media.save_samples(np.frombuffer(b"hello\xffworld", np.uint8)[None], "text", None, tmp_path, "t")
+    assert "hello\ufffdworld" in txt[0].read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention maps
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("pattern,kw", [("strided", {}), ("fixed", {"summary": 2, "integration": "merged"})])
+def test_attention_maps_are_each_layers_softmax(pattern, kw):
+    """Against a dense masked softmax over the same block inputs, computed here from scratch."""
+    net = tiny_net(pattern=pattern, **kw)
+    tokens = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(0))
+    queries = [0, 9, 40, 63]
+    maps = am.attention_maps(net, tokens, queries)
+    assert maps.shape == (2, 2, 4, 64)
+    with torch.no_grad():
+        x = net.embed(tokens[None])
+        for r, blk in enumerate(net.blocks):
+            q, k, _ = blk.attn.split_heads(blk.ln1(x))
+            s = (q @ k.transpose(-1, -2))[0].double() * blk.attn.scale
+            mask = heads_mask(blk.attn.heads, 64)
+            ref = torch.softmax(s.masked_fill(~mask, -math.inf), -1).nan_to_num(0.0)[:, queries]
+            assert torch.allclose(maps[r].double(), ref, atol=1e-5)
+            assert (maps[r][~mask[:, queries]] == 0).all()
+            x = blk(x)
+
+
+def test_attention_image_lays_keys_out_like_the_data():
+    probs = np.zeros(4 * 5 * 3)
+    probs[(2 * 5 + 3) * 3 + 1] = 0.7  # pixel (2, 3), channel 1
+    probs[(2 * 5 + 3) * 3 + 2] = 0.3
+    img = am.attention_image(probs, (4, 5, 3))
+    assert img.shape == (4, 5) and img[2, 3] == pytest.approx(1.0) and img.sum() == pytest.approx(1.0)
+    assert am._cell((2 * 5 + 3) * 3 + 2, (4, 5, 3)) == (2, 3)
+    assert am.attention_image(np.arange(64), (8, 8))[3, 5] == 29 and am._cell(29, (8, 8)) == (3, 5)
+    assert am.default_queries(192, (8, 8, 3)) == [63, 126, 191]
+    assert am.default_layers(128) == [0, 18, 36, 54, 73, 91, 109, 127]
+
+
+def test_draw_attention_maps_over_an_image(tmp_path):
+    net = tiny_net(shape=(4, 4, 3), pattern="fixed", stride=12, summary=3, integration="merged")
+    image = np.random.default_rng(0).integers(0, 256, (4, 4, 3)).astype(np.uint8)
+    figs = am.draw_attention_maps(net, torch.from_numpy(image.reshape(-1).astype(np.int64)), (4, 4, 3), image=image)
+    assert [q for q, _ in figs] == [15, 30, 47]
+    fig = figs[0][1]
+    assert len(fig.axes) == 2 * 2 and fig.axes[0].get_title() == "head 0"
+    assert am.save_figure(fig, tmp_path / "m.png").stat().st_size > 1000
+    assert net.training is False
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOPs for MFU
+# ------------------------------------------------------------------------------------------------
+def test_flops_per_token_counts_attended_pairs():
+    n, l = 64, 8
+    net = tiny_net(pattern="strided", stride=l)  # interleaved: layer 0 local, layer 1 stride
+    i = np.arange(n)
+    local, stride = np.minimum(i + 1, l).mean(), (i // l + 1).mean()
+    per_pair = 2 * (16 + 16)  # d_qk/H + d/H with d = 32, H = 2
+    attn = 2 * per_pair * (local + stride)  # two heads per layer
+    assert throughput.attention_flops_per_token(net) == pytest.approx(attn)
+    N = net.num_params(non_embedding=True)
+    assert throughput.flops_per_token(net) == pytest.approx(6 * N + 3 * attn)
+    assert throughput.flops_per_token(net, train=False) == pytest.approx(2 * N + attn)
+    dense = tiny_net(pattern="dense")
+    assert throughput.attention_flops_per_token(dense) == pytest.approx(2 * 2 * per_pair * (n + 1) / 2)
+
+
+def test_mean_keys_sampled_rows_estimate_the_exact_mean(monkeypatch):
+    net = tiny_net(pattern="fixed", stride=8, summary=2, integration="merged")
+    parts = net.blocks[0].attn.heads[0]
+    exact = throughput.mean_keys(parts, 1024)
+    monkeypatch.setattr(throughput, "EXACT_UP_TO", 100)
+    assert throughput.mean_keys(parts, 1024, rows=512) == pytest.approx(exact, rel=0.05)
+
+
+def test_callback_settings_are_validated(capsys):
+    for arg, msg in [("callbacks.samples.count=0", "callbacks.samples.count=0 must be >= 1"),
+                     ("callbacks.attention_maps.queries=[300]", "must be positions in 0..255"),
+                     ("callbacks.throughput.peak_flops=-1", "must be > 0 or null"),
+                     ("callbacks.samples.evry=3", "did you mean callbacks.samples.every_n_steps?")]:
+        with pytest.raises(SystemExit) as e:
+            main_config([arg])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and err.count("\n") == 1
