@@ -111,6 +111,14 @@ class TokenDataModule(L.LightningDataModule):
             if self.kind == "items" and size == 0:
                 raise DataError(f"the {name} split of {self.dir} is empty; give the source more items or change data.val_size/data.splits")
 
+    def entropy(self) -> float | None:
+        """Unigram entropy of a stream's training split (bits per token): the bar a model must beat."""
+        if self.streaming or self.kind != "stream":
+            return None
+        from .text import unigram_entropy
+
+        return unigram_entropy(self.splits["train"].all())
+
     # ---- loaders
     def _loader(self, ds, shuffle=False, batch_size=None):
         d = self.cfg.data

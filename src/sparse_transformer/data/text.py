@@ -147,9 +147,3 @@ class TextDataModule(TokenDataModule):
     def stream_records(self, ds, source: str):
         col = text_column(ds, source)
         return ds.select_columns([col]), partial(_text_tokens, col)
-
-    def entropy(self) -> float | None:
-        """Unigram entropy of the training split (bits per byte): the bar a model must beat."""
-        if self.streaming:
-            return None
-        return unigram_entropy(self.splits["train"].all())
