@@ -147,3 +147,24 @@ def test_bach_renders_real_chorales(tmp_path, monkeypatch):
     assert [len(dm.meta["lengths"]) for _ in [0]] == [3] and all(len(dm.splits[k]) > 12000 * 5 for k in ("validation", "test"))
     tok = dm.splits["train"].all()
     assert len(np.unique(tok)) > 100  # real music, not silence
+
+
+def test_hub_style_audio_column_is_decoded_by_our_code(tmp_path):
+    import datasets
+
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    # stored as a plain {bytes, path} struct, then cast to Audio: encoding through the Audio feature
+    # needs torchcodec, which is exactly what this project avoids
+    feats = datasets.Features({"audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}})
+    for split, n in (("train", 6), ("test", 1)):
+        recs = []
+        for i in range(n):
+            write_wav(tmp_path / f"{split}{i}.wav", tone(300 + 50 * i, 0.1, 24000), 24000)
+            recs.append({"bytes": (tmp_path / f"{split}{i}.wav").read_bytes(), "path": f"{split}{i}.wav"})
+        ds = datasets.Dataset.from_dict({"audio": recs}, features=feats).cast_column("audio", datasets.Audio(decode=False))
+        assert type(ds.features["audio"]).__name__ == "Audio"
+        ds.to_parquet(
+            str(tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet"))
+    dm = _dm(tmp_path, f"data.source={tmp_path / 'hub'}", "data.splits=[0.6,0.2,0.2]")
+    sizes = [len(dm.splits[k]) for k in ("train", "validation", "test")]
+    assert sizes == [1200 * 5, 1200, 1200]  # validation: one whole record held out of train; test: the test split
