@@ -134,3 +134,15 @@ def test_blocked_memory_far_below_n_squared(pattern):
     grown = int(out.stdout.strip().splitlines()[-1])
     n2 = 16384**2 * 4
     assert grown < n2 / 3, f"blocked grew {grown / 2**20:.0f} MiB; one n^2 fp32 matrix is {n2 / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("n", [1, 5, 12, 13])
+def test_inputs_shorter_than_the_first_summary_cell(n):
+    """A summary layer on a prefix with no summary cell yet: every row is empty, output exactly 0."""
+    heads = layer_heads("fixed", 2, 16, layer=1, summary=4, integration="interleaved")
+    q, k, v = (t.requires_grad_() for t in _inputs(n, torch.float64, H=2))
+    out = attend(q, k, v, heads, backend="blocked")
+    ref = attend(q, k, v, heads, backend="reference")
+    assert torch.equal(out == 0, ref == 0) and rel_err(out, ref) < 1e-12
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))

@@ -145,8 +145,13 @@ def _natural(q, k, v, order, owners, scale):
             kt, vt = kp.index_select(2, cols).transpose(-1, -2).unsqueeze(2), vp.index_select(2, cols).unsqueeze(2)
         kts.append(kt)
         vts.append(vt)
-    masks = [m.expand(nb, C, m.shape[-1]) for m in masks]
-    out, lse = TileAttention.apply(qb, len(order), *kts, *vts, *masks)
+    keep = [i for i, kt in enumerate(kts) if kt.shape[-1] > 0]  # e.g. no summary cell yet in a short input
+    if not keep:  # no query has a key: exact zeros, lse -inf
+        return (v * 0, torch.full((B, H, n, 1), float("-inf"), device=q.device,
+                                                                dtype=compute_dtype(q.dtype)))
+    kts, vts = [kts[i] for i in keep], [vts[i] for i in keep]
+    masks = [masks[i].expand(nb, C, masks[i].shape[-1]) for i in keep]
+    out, lse = TileAttention.apply(qb, len(kts), *kts, *vts, *masks)
     return out.reshape(B, H, N, -1)[:, :, :n], lse.reshape(B, H, N, 1)[:, :, :n]
 
 
