@@ -51,24 +51,13 @@ def test_sampler_draws_from_the_model_distribution():
     assert 0.5 * (freq - p.double()).abs().sum() < 0.08  # total variation; a uniform draw would be ~0.5
 
 
-def test_library_sampler_is_used_when_its_signature_fits(monkeypatch):
-    calls = {}
-
-    def generate(net, num_samples, max_new_tokens, temperature=1.0, generator=None):
-        calls.update(n=num_samples, length=max_new_tokens, t=temperature)
-        return torch.full((num_samples, max_new_tokens), 7)
-
-    mod = types.ModuleType("sparse_transformer.sample")
-    mod.generate = generate
-    monkeypatch.setitem(sys.modules, "sparse_transformer.sample", mod)
-    tokens, name = samples.generate(tiny_net(), 3, 5, temperature=0.5)
-    assert name == "sparse_transformer.sample.generate" and calls == {"n": 3, "length": 5, "t": 0.5}
-    assert tokens.shape == (3, 5) and (tokens == 7).all()
-
-    mod.generate = lambda net, prompt, steps, top_k: None  # 'prompt' and 'top_k' cannot be filled
-    with pytest.warns(UserWarning, match="does not match"):
-        tokens, name = samples.generate(tiny_net(), 2, 4)
-    assert name == "sample_uncached" and tokens.shape == (2, 4)
+def test_samples_come_from_the_kv_cache_sampler():
+    """The callback draws with the network's cached generate: the same tokens as generate itself."""
+    net = tiny_net()
+    tokens, name = samples.generate(net, 3, 5, temperature=0.5, seed=3)
+    assert "KV cache" in name and tokens.shape == (3, 5)
+    ref = net.eval().generate(batch=3, length=5, temperature=0.5, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(tokens, ref.numpy().astype(np.uint8))
 
 
 # ------------------------------------------------------------------------------------------------

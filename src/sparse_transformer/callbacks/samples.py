@@ -1,11 +1,9 @@
-"""Samples during and after training: generated with the project's sampler when it offers one
-(``sparse_transformer.sample``, KV cache), else with a plain uncached loop; written to
+"""Samples during and after training: generated with the network's pattern-aware KV cache
+(``SparseTransformer.generate``), else with a plain uncached loop; written to
 ``<run>/samples/`` and logged to W&B as an image grid, audio clips or a text table."""
 
 from __future__ import annotations
 
-import inspect
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +13,6 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from .media import mulaw_decode, save_samples, tokens_to_text
-
-# Parameter names a library sampler may use for what this callback passes.
-_ALIASES = {
-    "count": ("count", "num_samples", "n_samples", "batch_size"),
-    "length": ("length", "max_new_tokens", "n_tokens", "steps"),
-    "temperature": ("temperature",),
-    "generator": ("generator",),
-}
-
 
 @torch.no_grad()
 def sample_uncached(net, count: int, length: int | None = None, temperature: float = 1.0,
@@ -44,52 +33,19 @@ def sample_uncached(net, count: int, length: int | None = None, temperature: flo
     return idx[:, :length]
 
 
-def library_sampler():
-    """The project's sampler (``sparse_transformer.sample``, with a KV cache) as a function
-    ``(net, count, length, temperature, generator) -> (count, length) tokens``, or None when it
-    is absent or its signature cannot be matched (a warning then says why)."""
-    try:
-        from .. import sample as mod
-    except ImportError:
-        return None
-    for name in ("sample_tokens", "generate"):
-        fn = getattr(mod, name, None)
-        if not callable(fn):
-            continue
-        params = inspect.signature(fn).parameters
-        names = list(params)
-        mapping = {ours: next((a for a in aliases if a in params), None) for ours, aliases in _ALIASES.items()}
-        required = [p for p in names[1:] if params[p].default is inspect.Parameter.empty
-                    and params[p].kind in (params[p].POSITIONAL_OR_KEYWORD, params[p].KEYWORD_ONLY)]
-        missing = [p for p in required if p not in mapping.values()]
-        if mapping["count"] is None or mapping["length"] is None or missing:
-            warnings.warn(f"sparse_transformer.sample.{name}{inspect.signature(fn)} does not match "
-                          f"(net, count, length, temperature, generator); using the uncached sampler", stacklevel=2)
-            continue
-
-        def call(net, count, length, temperature=1.0, generator=None, _fn=fn, _m=mapping):
-            kw = {_m["count"]: count, _m["length"]: length}
-            if _m["temperature"]:
-                kw[_m["temperature"]] = temperature
-            if _m["generator"]:
-                kw[_m["generator"]] = generator
-            return _fn(net, **kw)
-
-        call.__name__ = f"sparse_transformer.sample.{name}"
-        return call
-    return None
-
-
 def generate(net, count: int, length: int | None = None, temperature: float = 1.0, seed: int = 0) -> tuple[np.ndarray, str]:
-    """(count, length) uint8 samples and the name of the sampler that drew them."""
+    """(count, length) uint8 samples and the name of the sampler that drew them: the network's own
+    ``generate`` (the pattern-aware KV cache) when it has one, else the uncached fallback."""
     length = length or net.cfg.seq_len
-    gen = torch.Generator().manual_seed(seed)
-    fn = library_sampler()
-    name = getattr(fn, "__name__", "sample_uncached")
+    device = next(net.parameters()).device
     was = net.training
     net.eval()
     try:
-        out = (fn or sample_uncached)(net, count, length, temperature=temperature, generator=gen)
+        if hasattr(net, "generate"):
+            gen = torch.Generator(device=device).manual_seed(seed)
+            out, name = net.generate(batch=count, length=length, temperature=temperature, generator=gen), "SparseTransformer.generate (KV cache)"
+        else:
+            out, name = sample_uncached(net, count, length, temperature, torch.Generator().manual_seed(seed)), "sample_uncached"
     finally:
         net.train(was)
     return out.detach().cpu().numpy().astype(np.uint8)[:, :length], name
