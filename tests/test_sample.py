@@ -215,7 +215,7 @@ def test_image_models_write_a_grid(tmp_path, capsys):
 
 
 def test_audio_models_write_wav_files(tmp_path, capsys):
-    ckpt = make_ckpt(tmp_path / "aud" / "last.ckpt", "data.modality=audio")
+    ckpt = make_ckpt(tmp_path / "aud" / "last.ckpt", "data.modality=audio", "data.sample_rate=16000")
     code, _, err = run([f"ckpt={ckpt}", "n=2", f"out={tmp_path / 's'}"], capsys)
     assert code == 0, err
     for k in range(2):

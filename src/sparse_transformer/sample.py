@@ -304,7 +304,7 @@ def write_outputs(folder: Path, tokens, cfg, shape, prefix_len: int) -> list[str
         write_png(folder / "grid.png", image_grid(tokens, shape))
         files.append("grid.png")
     elif modality == "audio":
-        rate = int(cfg.data.get("sample_rate", None) or 16000)
+        rate = int(cfg.data.get("sample_rate", None) or 12000)  # the paper: 12 kHz
         for k, row in enumerate(tokens):
             write_wav(folder / f"sample_{k:03d}.wav", mu_law_decode(row), rate)
             files.append(f"sample_{k:03d}.wav")
