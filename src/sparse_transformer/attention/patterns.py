@@ -86,8 +86,9 @@ class Part:
     slice: int = 0
     head: int = 0
 
-    def mask(self, i: Tensor, j: Tensor) -> Tensor:
-        """Bool tensor, True where query i may attend key j (broadcast shapes)."""
+    def mask(self, i: Tensor, j: Tensor, head: Tensor | None = None) -> Tensor:
+        """Bool tensor, True where query i may attend key j (broadcast shapes). ``head`` (a tensor)
+        replaces this part's head index for user patterns, e.g. inside a kernel's mask function."""
         l = self.stride
         causal = j <= i
         if self.name == "dense":
@@ -103,9 +104,8 @@ class Part:
             r = torch.remainder(j, l)
             hi = l - self.slice * c
             return causal & (r >= hi - c) & (r < hi)
-        user = _USER[self.name]
-        h = torch.as_tensor(self.head, device=i.device if isinstance(i, Tensor) else None)
-        return causal & user.fn(i, j, h).to(torch.bool)
+        h = head if head is not None else torch.as_tensor(self.head, device=i.device if isinstance(i, Tensor) else None)
+        return causal & _USER[self.name].fn(i, j, h).to(torch.bool)
 
     @property
     def structure(self) -> Structure | None:

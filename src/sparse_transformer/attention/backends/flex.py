@@ -99,27 +99,10 @@ def _fdiv(a, b):
     return torch.div(a, b, rounding_mode="floor")
 
 
-def _part_mask(p: Part, i, j, h):
-    """p's mask at (i, j) for group-local head tensor h (``h`` maps to global heads for user patterns)."""
-    l = p.stride
-    causal = j <= i
-    if p.name == "dense":
-        return causal
-    if p.name == "local":
-        return causal & (i - j < l)
-    if p.name == "stride":
-        return causal & (torch.remainder(i - j, l) == 0)
-    if p.name == "block":
-        return causal & (_fdiv(i, l) == _fdiv(j, l))
-    if p.name == "summary":
-        raise AssertionError("summary runs through gathered columns")
-    return causal & _USER[p.name].fn(i, j, h).to(torch.bool)
-
-
 def _union(parts, i, j, h):
     m = None
     for p in parts:
-        x = _part_mask(p, i, j, h)
+        x = p.mask(i, j, h)  # traceable: tensor ops on the indices only
         m = x if m is None else m | x
     return m
 
