@@ -37,6 +37,7 @@ MODALITIES = ("text", "image", "audio")
 DATA_FORMATS = ("arrow", "raw")
 SYNTHS = ("auto", "fluidsynth", "simple")
 STRATEGIES = ("auto", "ddp", "fsdp", "ddp_spawn")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
 
 class ConfigError(ValueError):
@@ -179,6 +180,10 @@ class TrainerConfig:
     """Show Lightning's progress bar."""
     deterministic: bool = False
     """Ask torch for deterministic algorithms."""
+    checkpoint_every_n_steps: Optional[int] = None
+    """Also save checkpoints/last.ckpt every this many optimizer steps (null: at each validation, epoch end and the end of training)."""
+    max_bad_steps: int = 5
+    """A nan/inf training loss skips that batch on every rank (an all-reduce decides; counted in train/skipped_steps); this many in a row stop the run with an error naming the step (0: no check, no per-step sync)."""
 
 
 def default_logger() -> str:
@@ -322,7 +327,7 @@ class Config:
     imports: list[str] = field(default_factory=list)
     """Python modules to import first (e.g. ones that register user patterns)."""
     resume: Optional[str] = None
-    """Resume from 'last' (the run folder's last.ckpt) or a checkpoint path."""
+    """Resume exactly (weights, optimiser, schedule, step, RNG, data position): 'last' (run_dir's checkpoints/last.ckpt), 'auto' (it if it exists, else start fresh: for requeued jobs) or a checkpoint path."""
     model: ModelConfig = field(default_factory=ModelConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -577,6 +582,17 @@ def check(cfg: DictConfig) -> None:
     _need(t.strategy in STRATEGIES, f"trainer.strategy={t.strategy} is unknown; valid: {', '.join(STRATEGIES)}")
     _need(t.max_steps == -1 or t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be -1 (off) or >= 1")
     _need(t.accumulate_grad_batches >= 1, f"trainer.accumulate_grad_batches={t.accumulate_grad_batches} must be >= 1")
+    _need(dev == "auto" or not isinstance(dev, int) or dev >= 1 or dev == -1,
+          f"trainer.devices={dev} must be >= 1, -1 (all) or auto")
+    _need(t.num_nodes >= 1, f"trainer.num_nodes={t.num_nodes} must be >= 1")
+    _need(t.accelerator in ACCELERATORS, f"trainer.accelerator={t.accelerator} is unknown; valid: {', '.join(ACCELERATORS)}")
+    if t.accelerator == "cpu":
+        _need(str(t.precision) != "16-mixed", "trainer.precision=16-mixed needs a GPU (fp16 AMP with loss scaling); on CPU use bf16-mixed or 32")
+        _need(t.strategy != "fsdp", "trainer.strategy=fsdp needs a GPU; on CPU use ddp (gloo) or auto")
+    _need(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1,
+          f"trainer.checkpoint_every_n_steps={t.checkpoint_every_n_steps} must be >= 1 or null")
+    _need(t.max_bad_steps >= 0, f"trainer.max_bad_steps={t.max_bad_steps} must be >= 0 (0: no check)")
+    check_resume(cfg)
     _need(lg.kind in LOGGERS, f"logger.kind={lg.kind} is unknown; valid: {', '.join(LOGGERS)}")
     cb = cfg.callbacks
     _need(cb.samples.every_n_steps >= 0, f"callbacks.samples.every_n_steps={cb.samples.every_n_steps} must be >= 0 (0: only at the end)")
@@ -596,6 +612,19 @@ def check(cfg: DictConfig) -> None:
     _need(tp.peak_flops is None or tp.peak_flops > 0, f"callbacks.throughput.peak_flops={tp.peak_flops} must be > 0 or null")
     check_sample(cfg.sample)
     check_eval(cfg.eval)
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """resume=last needs the run folder's last.ckpt; a path must exist (auto: anything goes)."""
+    r = cfg.resume
+    if r is None or r == "auto":
+        return
+    if r == "last":
+        _need(bool(cfg.run_dir), "resume=last needs run_dir=<the run folder to continue> (or resume=<checkpoint path>)")
+        ckpt = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+        _need(ckpt.is_file(), f"resume=last: {ckpt} does not exist; give run_dir=<a run folder with a checkpoint> or resume=auto")
+        return
+    _need(Path(r).is_file(), f"resume={r} is not a checkpoint file; valid: last, auto or the path of a .ckpt")
 
 
 def _device_ok(dev: str) -> bool:

@@ -28,6 +28,8 @@ class SparseTransformerLM(L.LightningModule):
         self.train_bpd = MeanMetric()
         self.val_bpd = MeanMetric()
         self.test_bpd = MeanMetric()
+        self.skipped_steps = 0  # batches skipped for a non-finite loss (saved in checkpoints)
+        self.bad_in_a_row = 0
 
     def configure_model(self) -> None:
         """``model.compile``: torch.compile block by block (the same graph serves every block with the
@@ -51,10 +53,48 @@ class SparseTransformerLM(L.LightningModule):
     def training_step(self, batch, batch_idx):
         nll, count = self._nll(batch)
         loss = nll / count
+        if self._skip_nonfinite(loss, batch_idx):
+            return None  # Lightning runs no backward and no optimizer step for this batch
         self.train_bpd(loss.detach() / LN2)
         self.log("train/bpd", self.train_bpd, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
         return loss
+
+    def _skip_nonfinite(self, loss: torch.Tensor, batch_idx: int) -> bool:
+        """``trainer.max_bad_steps``: a nan/inf loss on any rank skips the batch on every rank (an
+        all-reduce decides, so no rank waits for the others' gradients); that many in a row stop."""
+        limit = int(self.cfg.trainer.get("max_bad_steps", 0) or 0)
+        if not limit or self._trainer is None:
+            return False
+        from .callbacks.fault import NonFiniteLossError, nonfinite_on_any_rank
+
+        bad = nonfinite_on_any_rank(loss, self.trainer.strategy)
+        if bad:
+            self.skipped_steps += 1
+            self.bad_in_a_row += 1
+        else:
+            self.bad_in_a_row = 0
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if not bad:
+            return False
+        where = f"global step {self.trainer.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if self.bad_in_a_row >= limit:
+            raise NonFiniteLossError(
+                f"the training loss was nan/inf for {self.bad_in_a_row} batches in a row (trainer.max_bad_steps={limit}), "
+                f"the last at {where}; every rank skipped them. Lower optim.lr, check the data, or raise trainer.max_bad_steps")
+        from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+        rank_zero_warn(f"non-finite training loss at {where} on some rank: batch skipped on every rank "
+                       f"({self.skipped_steps} skipped so far, {self.bad_in_a_row} in a row of at most {limit})")
+        return True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite_loss"] = {"skipped_steps": self.skipped_steps, "bad_in_a_row": self.bad_in_a_row}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("nonfinite_loss", {})
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.bad_in_a_row = int(state.get("bad_in_a_row", 0))
 
     def validation_step(self, batch, batch_idx):
         nll, count = self._nll(batch)

@@ -16,25 +16,61 @@ from pathlib import Path
 from .config import main_config, to_yaml
 
 RUN_ENV = "SPARSE_TRANSFORMER_RUN_DIR"
+_named_here: str | None = None  # the folder this process named (a later main() here names a new one)
+
+
+class LaunchError(ValueError):
+    """The processes of a job cannot agree on a run folder; one line."""
 
 
 def is_rank_zero() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+def shared_run_name() -> str | None:
+    """The folder name every process of an externally launched multi-process job derives alike (no
+    communication needed before the run folder exists): ``slurm-<job id>`` under ``srun`` with more
+    than one task, ``torchrun-<rdzv id>`` under torchrun. A requeued SLURM job or a restarted
+    torchrun group keeps its id, so ``resume=auto`` continues it. None for a single process and for
+    processes Lightning starts itself (rank 0 passes its folder to them through RUN_ENV)."""
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_JOB_ID"):
+        job = env["SLURM_JOB_ID"]
+        if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+            job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        return f"slurm-{job}"
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1 and "TORCHELASTIC_RUN_ID" in env:
+        rid = env["TORCHELASTIC_RUN_ID"]
+        if rid in ("", "none"):
+            raise LaunchError("torchrun without --rdzv-id (or --standalone) gives every job the same id: "
+                              "pass --rdzv-id=<job name> or run_dir=<a folder every node sees>")
+        return f"torchrun-{rid}"
+    return None
+
+
 def run_dir(cfg) -> Path:
-    """Named once: by cfg.run_dir, or by rank 0, which passes it to the processes Lightning starts."""
+    """Named once for the whole job: cfg.run_dir; else the folder rank 0 named and passed to the
+    processes Lightning starts (RUN_ENV, also set by the sweep runner); else a name every rank of an
+    external launcher derives alike (shared_run_name); else a new runs/<exp>/<time> by rank 0."""
+    global _named_here
     if cfg.run_dir:
         return Path(cfg.run_dir)
-    if os.environ.get(RUN_ENV):
-        return Path(os.environ[RUN_ENV])
+    given = os.environ.get(RUN_ENV)
+    if given and (not is_rank_zero() or given != _named_here):
+        return Path(given)
+    shared = shared_run_name()
+    if shared:
+        return Path("runs") / cfg.exp / shared
+    if not is_rank_zero():
+        raise LaunchError(f"process {os.environ.get('RANK', '?')} was not started by rank 0 and its launcher gives no "
+                          f"job id: pass run_dir=<a folder every process sees>")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path("runs") / cfg.exp / stamp
     k = 1
     while path.exists():
         path = Path("runs") / cfg.exp / f"{stamp}-{k}"
         k += 1
-    os.environ[RUN_ENV] = str(path)
+    os.environ[RUN_ENV] = _named_here = str(path)
     return path
 
 
@@ -47,35 +83,52 @@ def precision(cfg) -> str:
     return {"32": "32-true", "64": "64-true"}.get(p, p)
 
 
-def build_logger(cfg, out: Path):
+def build_logger(cfg, out: Path, resuming: bool = False):
     kind = cfg.logger.kind
     if kind == "none":
         return False
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+        from .callbacks.fault import RunCSVLogger
 
-        return CSVLogger(save_dir=str(out), name="", version="")
+        return RunCSVLogger(save_dir=str(out), keep=resuming)  # <out>/metrics.csv, continued on resume
     from .callbacks.loggers import build_wandb_logger
 
     return build_wandb_logger(cfg, out)
+
+
+def build_strategy(cfg):
+    """auto | ddp | ddp_spawn as Lightning names them; fsdp sharded block by block."""
+    if cfg.trainer.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from .model import Block
+
+        return FSDPStrategy(auto_wrap_policy={Block})
+    return cfg.trainer.strategy
 
 
 def build_trainer(cfg, out: Path, callbacks=None, logger=None):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from .callbacks.fault import AtomicCheckpointIO, ResumeState
+
     t = cfg.trainer
-    cbs = [ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0, every_n_train_steps=None)]
+    ckdir = out / "checkpoints"
+    cbs = [ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps,
+                           enable_version_counter=False),  # always last.ckpt, never last-v1.ckpt
+           ResumeState(ckdir / "last.ckpt")]
     if logger:
         cbs.append(LearningRateMonitor(logging_interval="step"))
     cbs += callbacks or []
     kwargs = dict(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg),
         precision=precision(cfg), max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else 1),
         max_time=t.max_time, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.grad_clip or None, log_every_n_steps=t.log_every_n_steps,
         fast_dev_run=t.fast_dev_run, enable_progress_bar=t.enable_progress_bar, deterministic=t.deterministic,
         default_root_dir=str(out), logger=logger, callbacks=cbs, num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
         inference_mode=False,  # no_grad instead: metric states and cached masks outlive validate()
         reload_dataloaders_every_n_epochs=1,  # new random training windows each epoch
     )
@@ -86,6 +139,27 @@ def build_trainer(cfg, out: Path, callbacks=None, logger=None):
     if t.limit_val_batches is not None:
         kwargs["limit_val_batches"] = t.limit_val_batches
     return L.Trainer(**kwargs)
+
+
+def resume_path(cfg, out: Path) -> str | None:
+    last = out / "checkpoints" / "last.ckpt"
+    if cfg.resume == "last":
+        return str(last)
+    if cfg.resume == "auto":
+        return str(last) if last.is_file() else None
+    return cfg.resume or None
+
+
+def check_runtime(cfg) -> None:
+    """What the config check cannot know without torch: is there a GPU for fsdp and fp16."""
+    import torch
+
+    t = cfg.trainer
+    gpu = torch.cuda.is_available() and t.accelerator != "cpu"
+    if not gpu and t.strategy == "fsdp":
+        raise LaunchError("trainer.strategy=fsdp needs a GPU and none is available; use ddp (gloo on CPU) or auto")
+    if not gpu and str(t.precision) == "16-mixed":
+        raise LaunchError("trainer.precision=16-mixed needs a GPU and none is available; use bf16-mixed or 32")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,11 +174,21 @@ def main(argv: list[str] | None = None) -> dict:
     from .data.store import DataError
     from .lit import SparseTransformerLM, config_dict
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from .callbacks.fault import SIGTERM_EXIT, NonFiniteLossError
+
     if cfg.imports:
         import importlib
 
         for mod in cfg.imports:
             importlib.import_module(mod)
+    try:
+        check_runtime(cfg)
+        out = run_dir(cfg)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     dm = build_datamodule(cfg)
@@ -115,13 +199,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    out = run_dir(cfg)
     rank0 = is_rank_zero()
+    ckpt = resume_path(cfg, out)
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
     lit = SparseTransformerLM(config_dict(cfg), dm.shape)
-    logger = build_logger(cfg, out)
+    logger = build_logger(cfg, out, resuming=ckpt is not None)
     trainer = build_trainer(cfg, out, callbacks=build_callbacks(cfg, out, logger), logger=logger)
     entropy = dm.entropy() if hasattr(dm, "entropy") else None
     if rank0:
@@ -130,15 +214,23 @@ def main(argv: list[str] | None = None) -> dict:
         if entropy is not None:
             print(f"unigram entropy of the training split: {entropy:.3f} bits/byte")
 
+    if rank0 and ckpt:
+        print(f"resuming from {ckpt}")
     start_bpd = None
     t0 = time.time()
-    if not cfg.trainer.fast_dev_run:
-        res = trainer.validate(lit, datamodule=dm, verbose=False)
-        start_bpd = res[0].get("val/bpd") if res else None
-    ckpt = None
-    if cfg.resume:
-        ckpt = str(out / "checkpoints" / "last.ckpt") if cfg.resume == "last" else cfg.resume
-    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)
+    try:
+        if not cfg.trainer.fast_dev_run:  # a resumed run starts from the checkpoint's weights
+            res = trainer.validate(lit, datamodule=dm, verbose=False, ckpt_path=ckpt, weights_only=False)
+            start_bpd = res[0].get("val/bpd") if res else None
+        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt, weights_only=False)
+    except SIGTERMException:
+        if rank0:
+            print(f"stopped by SIGTERM at step {trainer.global_step}; checkpoint {out / 'checkpoints' / 'last.ckpt'}; "
+                  f"continue with resume=last run_dir={out}", file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT) from None
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     metrics = _scalars({**trainer.logged_metrics, **trainer.callback_metrics})  # validate() below resets them
     end_bpd = None
     if not cfg.trainer.fast_dev_run:

@@ -9,11 +9,13 @@ A subclass sets ``modality`` and ``kind`` ("stream": text/audio, cut into window
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -24,18 +26,90 @@ BUILTIN: set[str] = {"local", "pydoc", "shakespeare", "bach"}  # sources that ar
 
 
 class ItemDataset(Dataset):
-    """Items (images) as (tokens int64 (n,), mask bool (n,) all True)."""
+    """Items (images) as (tokens int64 (n,), mask bool (n,) all True); ``order`` a permutation to
+    read them in (training: a fixed shuffle per (seed, epoch), the same for any number of ranks)."""
 
-    def __init__(self, items, limit: int | None = None):
+    def __init__(self, items, limit: int | None = None, order=None):
         self.items = items
         self.count = len(items) if limit is None else min(len(items), limit)
+        self.order = order
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, i: int):
-        x = torch.from_numpy(self.items[i].astype("int64"))
+        x = torch.from_numpy(self.items[int(self.order[i]) if self.order is not None else i].astype("int64"))
         return x, torch.ones(len(x), dtype=torch.bool)
+
+
+class _SkipFirst:
+    """A (batch) sampler without its first ``skip`` entries: indices only, no data is read."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+class _Counted:
+    """The loader's iterator, counting the batches it has handed out."""
+
+    def __init__(self, loader: "ResumableLoader", it):
+        self.loader, self.it = loader, it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.it)
+        self.loader._yielded += 1
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.it)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position in the epoch is saved in checkpoints.
+
+    Lightning 2.6 saves and restores a training loader's state only when the loader *itself* has
+    ``state_dict``/``load_state_dict`` (it never asks the sampler). Without them a run resumed
+    mid-epoch restarts the epoch's data from its first batch (with a warning), while the step
+    counters continue. The state is the number of batches handed out in the current epoch; a
+    restored loader skips that many batches of indices (no data is read for them), so a resumed
+    run continues with exactly the batch the interrupted one would have taken next. Lightning's
+    own DDP sampler sits under it unchanged: the skipped batches are this rank's.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._yielded = 0  # batches handed out by the current iterator
+        self._skip = 0  # batches the next iterator skips (set by load_state_dict)
+        self._skipping = 0
+
+    @property
+    def _index_sampler(self):
+        base = super()._index_sampler
+        return _SkipFirst(base, self._skipping) if self._skipping else base
+
+    def __iter__(self):
+        self._skipping, self._skip = self._skip, 0
+        try:
+            it = super().__iter__()  # asks _index_sampler now, for a new or a persistent-worker iterator
+        finally:
+            skipped, self._skipping = self._skipping, 0
+        self._yielded = skipped
+        return _Counted(self, it)
+
+    def state_dict(self) -> dict:
+        return {"batches": self._yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = int(state.get("batches", 0))
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -120,11 +194,14 @@ class TokenDataModule(L.LightningDataModule):
         return unigram_entropy(self.splits["train"].all())
 
     # ---- loaders
-    def _loader(self, ds, shuffle=False, batch_size=None):
+    def _loader(self, ds, batch_size=None, cls=DataLoader, seed=0):
         d = self.cfg.data
-        return DataLoader(ds, batch_size=batch_size or self.batch_size, shuffle=shuffle, num_workers=d.num_workers,
-                          pin_memory=d.pin_memory, persistent_workers=d.persistent_workers and d.num_workers > 0,
-                          drop_last=False)
+        # An own generator: creating an iterator then draws its worker seed from it, not from torch's
+        # global RNG, so validation passes and epochs leave dropout's random stream alone (a run
+        # resumed from a checkpoint takes the same dropout masks as an uninterrupted one).
+        return cls(ds, batch_size=batch_size or self.batch_size, shuffle=False, num_workers=d.num_workers,
+                   pin_memory=d.pin_memory, persistent_workers=d.persistent_workers and d.num_workers > 0,
+                   drop_last=False, generator=torch.Generator().manual_seed(seed))
 
     def _rank(self) -> tuple[int, int, int]:
         t = self.trainer
@@ -134,12 +211,20 @@ class TokenDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         rank, world, epoch = self._rank()
+        seed = self.cfg.seed
         if self.streaming:
-            return self._loader(self.streamed("train", rank=rank, world=world, epoch=epoch))
+            return self._loader(self.streamed("train", rank=rank, world=world, epoch=epoch), seed=seed + epoch)
+        # Map-style training data is the same sequence of items for every world size (seeded by
+        # (seed, epoch, index), rank 0's stream): Lightning's DistributedSampler deals the indices
+        # out to the ranks, so k ranks with batch b see exactly the windows of one process with
+        # batch k*b, and different ranks see different windows.
         if self.kind == "items":
-            return self._loader(ItemDataset(self.splits["train"]), shuffle=True)
-        count = max(1, math.ceil(len(self.splits["train"]) / self.seq_len))
-        return self._loader(RandomWindows(self.splits["train"], self.seq_len, count, self.cfg.seed, rank, epoch))
+            n = len(self.splits["train"])
+            ds = ItemDataset(self.splits["train"], order=np.random.default_rng([seed, epoch]).permutation(n))
+        else:
+            count = max(1, math.ceil(len(self.splits["train"]) / self.seq_len))
+            ds = RandomWindows(self.splits["train"], self.seq_len, count, seed, 0, epoch)
+        return self._loader(ds, cls=ResumableLoader, seed=seed + epoch)
 
     def _eval(self, split: str, limit: int | None):
         bs = self.cfg.data.eval_batch_size

@@ -1,0 +1,240 @@
+"""Fault tolerance: exact resume, a checkpoint on SIGTERM, skipped non-finite steps, atomic checkpoints.
+
+Lightning does the loops, the checkpoint contents (weights, optimiser, scheduler, loop counters,
+the training loader's ``state_dict``) and SIGTERM detection. Written here is only what it does not do:
+
+- ``ResumeState``: the random state of every rank (Lightning 2.6 does not checkpoint RNG states),
+  put back just before the first resumed training step, so dropout takes the masks an uninterrupted
+  run would have taken; and, on SIGTERM, ``checkpoints/last.ckpt`` before the process exits.
+  Lightning 2.6 notices SIGTERM but saves nothing, and its handler is replaced during training:
+  it broadcasts from inside the signal handler on whichever rank got the signal (a collective the
+  other ranks do not enter), and at an epoch's last batch it stops after counting the epoch
+  complete, where a checkpoint restores into a skipped epoch (seen: epoch 0 -> 2). Here the signal
+  only sets a flag; at the end of the step the ranks agree on it (an all-reduce, with several),
+  save where Lightning's own every-n-steps checkpoints are saved, and let Lightning stop.
+- ``AtomicCheckpointIO``: a temporary file in the checkpoint's own folder, fsync, rename. Lightning's
+  ``_atomic_save`` writes through an fsspec transaction whose temporary file is made by
+  ``tempfile.mkstemp()`` in $TMPDIR and moved with ``shutil.move``: where $TMPDIR is another
+  filesystem (a node's /tmp and a shared checkpoint folder), that move is a copy over the old
+  ``last.ckpt``, and a kill during the copy leaves it truncated. It also never fsyncs.
+- ``RunCSVLogger``: Lightning's CSVLogger deletes an existing ``metrics.csv`` when it starts and
+  flushes every 100 steps; a resumed run needs the earlier rows, and a killed run must not lose
+  the rows its checkpoint covers.
+- ``nonfinite_on_any_rank``: the all-reduce behind skipping a nan/inf step on every rank at once
+  (Lightning skips a step whose ``training_step`` returns None, but leaves it to the user to make
+  every DDP rank agree, or the ranks that still step wait forever for the others' gradients).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
+
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
+class NonFiniteLossError(RuntimeError):
+    """max_bad_steps non-finite losses in a row; the message is one line naming the step."""
+
+
+def nonfinite_on_any_rank(loss: torch.Tensor, strategy) -> bool:
+    """True on every rank when the loss is nan/inf on any rank (one all-reduce of one number, and a
+    host sync: the decision whether to run backward must be known on the host)."""
+    bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+    return bool(strategy.reduce(bad, reduce_op="sum").item() > 0)
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ResumeState(Callback):
+    """Random states of every rank in the checkpoint; restored at the first resumed step. Also
+    saves ``last`` on SIGTERM and rewinds a resumed run's metrics.csv to its checkpoint."""
+
+    def __init__(self, last: str | Path):
+        self.last = str(last)
+        self._pending: dict | None = None  # RNG states to restore before the next training step
+        self._rewind = False
+        self._sigterm = False  # set by the signal handler, acted on at the end of the step
+        self._saved_step: int | None = None
+        self._trainer = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # Lightning builds the checkpoint on every rank and rank 0 writes it: gather each rank's
+        # states (the same collective on every rank, inside the save every rank makes).
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        rank, world = _world()
+        if world > 1:
+            gathered: list = [None] * world
+            torch.distributed.all_gather_object(gathered, states)
+            return {"rng": gathered}
+        return {"rng": [states]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        per_rank = state_dict.get("rng") or []
+        if not per_rank:
+            return
+        rank, world = _world()
+        if len(per_rank) != world:
+            rank_zero_warn(f"resuming {len(per_rank)}-process training with {world} processes: random states "
+                           f"(dropout) and data positions are not those of an uninterrupted run")
+        self._pending = per_rank[rank % len(per_rank)]
+        self._rewind = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # As late as possible: anything between the restore and this step (validation, other
+        # callbacks' start hooks, creating the loader's iterator) must not shift the stream.
+        if self._pending is not None:
+            states = dict(self._pending)
+            if not torch.cuda.is_available():
+                states.pop("torch.cuda", None)
+            _set_rng_states(states)
+            self._pending = None
+        if self._rewind:
+            self._rewind = False
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
+            for lg in trainer.loggers:
+                if isinstance(lg, RunCSVLogger):
+                    lg.rewind(step)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._trainer, self._sigterm, self._saved_step = trainer, False, None
+        if threading.current_thread() is threading.main_thread():
+            # over Lightning's (registered when fit starts); Lightning puts the original back at teardown
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if not self._sigterm and self._trainer is not None:
+            launcher = self._trainer.strategy.launcher
+            if launcher is not None:  # the processes Lightning started get it too, as with Lightning's handler
+                launcher.kill(signum)
+        self._sigterm = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = self._sigterm
+        if trainer.world_size > 1:  # every rank stops after the same step, or the savers wait on the others
+            flag = torch.tensor([float(stop)], device=pl_module.device)
+            stop = bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
+        if stop:
+            trainer.save_checkpoint(self.last)
+            self._saved_step = trainer.global_step
+            rank_zero_info(f"SIGTERM: saved {self.last} at step {trainer.global_step}")
+            # Lightning's own flag (no public setter): it ends the run after this step's logging
+            trainer._signal_connector.received_sigterm = True
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        for lg in trainer.loggers:  # rows up to the checkpoint on disk before the checkpoint is
+            if isinstance(lg, RunCSVLogger):
+                lg.save()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # a SIGTERM that Lightning's handler caught (before training started): save if not saved yet
+        if (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING
+                and self._saved_step != trainer.global_step and trainer.global_step > 0):
+            trainer.save_checkpoint(self.last)
+            rank_zero_info(f"SIGTERM: saved {self.last} at step {trainer.global_step}")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Save to ``.<name>.tmp-<pid>`` beside the target, fsync, ``os.replace``, fsync the folder:
+    a reader sees the old checkpoint or the new one, never a part (see the module docstring)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote storage: Lightning's fsspec path
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # make the rename itself durable
+        finally:
+            os.close(fd)
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's writer, except that an existing metrics.csv is continued, not deleted."""
+
+    def __init__(self, log_dir: str, keep: bool):
+        self._keep = keep
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if not self._keep:
+            if os.path.isfile(self.metrics_file_path):
+                os.remove(self.metrics_file_path)
+            return
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
+
+
+class RunCSVLogger(CSVLogger):
+    """``<run>/metrics.csv``, each row written when it is logged (Lightning's default buffers 100
+    steps). A resumed run (``keep=True``) appends to it after dropping the rows logged past its
+    checkpoint (they are logged again). The one row a kill can still lose is that of the
+    checkpoint's own step, if the kill lands between the checkpoint's write and the row's."""
+
+    def __init__(self, save_dir, keep: bool = False, **kwargs):
+        kwargs.setdefault("flush_logs_every_n_steps", 1)
+        super().__init__(save_dir=save_dir, name="", version="", **kwargs)
+        self._keep = keep
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(self.log_dir, self._keep)
+        return self._experiment
+
+    @rank_zero_only
+    def rewind(self, step: int) -> None:
+        """Drop the rows with ``step >= step``: a killed run logged them after its last checkpoint."""
+        self.save()
+        path = Path(self.experiment.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            # a row cut short by a kill has missing fields: it is past the checkpoint, drop it too
+            rows = [r for r in reader if None not in r.values() and None not in r
+                    and r.get("step") and int(float(r["step"])) < step]
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
