@@ -25,11 +25,12 @@ class SparseTransformerLM(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = OmegaConf.create(config)
         self.net = SparseTransformer(NetConfig.from_config(self.cfg, shape))
-        self.train_bpd = MeanMetric()
+        self.train_bpd = MeanMetric(nan_strategy="ignore")  # logged per step; a nan step shows nan
         self.val_bpd = MeanMetric()
         self.test_bpd = MeanMetric()
         self.skipped_steps = 0  # batches skipped for a non-finite loss (saved in checkpoints)
         self.bad_in_a_row = 0
+        self._bad_window = False  # a batch of the current accumulation window had a non-finite loss
 
     def configure_model(self) -> None:
         """``model.compile``: torch.compile block by block (the same graph serves every block with the
@@ -53,30 +54,31 @@ class SparseTransformerLM(L.LightningModule):
     def training_step(self, batch, batch_idx):
         nll, count = self._nll(batch)
         loss = nll / count
-        if self._skip_nonfinite(loss, batch_idx):
-            return None  # Lightning runs no backward and no optimizer step for this batch
-        self.train_bpd(loss.detach() / LN2)
+        self._check_finite(loss, batch_idx)
+        self.train_bpd(loss.detach() / LN2)  # a skipped step logs its nan/inf, not the last good value
         self.log("train/bpd", self.train_bpd, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
         return loss
 
-    def _skip_nonfinite(self, loss: torch.Tensor, batch_idx: int) -> bool:
-        """``trainer.max_bad_steps``: a nan/inf loss on any rank skips the batch on every rank (an
-        all-reduce decides, so no rank waits for the others' gradients); that many in a row stop."""
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """``trainer.max_bad_steps``: a nan/inf loss on any rank marks the optimizer step it belongs
+        to as skipped on every rank (an all-reduce decides, so the ranks stay in step); that many
+        bad batches in a row stop the run."""
         limit = int(self.cfg.trainer.get("max_bad_steps", 0) or 0)
         if not limit or self._trainer is None:
-            return False
+            return
         from .callbacks.fault import NonFiniteLossError, nonfinite_on_any_rank
 
         bad = nonfinite_on_any_rank(loss, self.trainer.strategy)
         if bad:
             self.skipped_steps += 1
             self.bad_in_a_row += 1
+            self._bad_window = True
         else:
             self.bad_in_a_row = 0
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
         if not bad:
-            return False
+            return
         where = f"global step {self.trainer.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.bad_in_a_row >= limit:
             raise NonFiniteLossError(
@@ -84,9 +86,21 @@ class SparseTransformerLM(L.LightningModule):
                 f"the last at {where}; every rank skipped them. Lower optim.lr, check the data, or raise trainer.max_bad_steps")
         from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-        rank_zero_warn(f"non-finite training loss at {where} on some rank: batch skipped on every rank "
+        rank_zero_warn(f"non-finite training loss at {where} on some rank: step skipped on every rank "
                        f"({self.skipped_steps} skipped so far, {self.bad_in_a_row} in a row of at most {limit})")
-        return True
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        """Lightning's step, except after a non-finite loss. Skipping by returning None from
+        training_step is refused under DDP by Lightning 2.6 (a rank that skips backward leaves the
+        others waiting in the gradient all-reduce), so backward runs on every rank (nan gradients
+        included) and the update is what is skipped: the closure runs here first, then the
+        optimizer steps on its result, or not at all (the step still counts, the schedule moves on)."""
+        out = optimizer_closure()  # training_step(s) + backward
+        if self._bad_window:
+            self._bad_window = False
+            optimizer.zero_grad(set_to_none=True)
+            return
+        optimizer.step(closure=lambda: out)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite_loss"] = {"skipped_steps": self.skipped_steps, "bad_in_a_row": self.bad_in_a_row}

@@ -44,7 +44,7 @@ def shared_run_name() -> str | None:
         if rid in ("", "none"):
             raise LaunchError("torchrun without --rdzv-id (or --standalone) gives every job the same id: "
                               "pass --rdzv-id=<job name> or run_dir=<a folder every node sees>")
-        return f"torchrun-{rid}"
+        return f"torchrun-{rid[:8] if len(rid) == 36 and rid.count('-') == 4 else rid}"  # --standalone: a uuid
     return None
 
 
@@ -131,6 +131,7 @@ def build_trainer(cfg, out: Path, callbacks=None, logger=None):
         plugins=[AtomicCheckpointIO()],
         inference_mode=False,  # no_grad instead: metric states and cached masks outlive validate()
         reload_dataloaders_every_n_epochs=1,  # new random training windows each epoch
+        use_distributed_sampler=False,  # the DataModule deals each rank its share (data/base.py RankShard)
     )
     if t.val_check_interval is not None:  # > 1: every that many steps (across epochs); <= 1: a fraction of an epoch
         v = t.val_check_interval

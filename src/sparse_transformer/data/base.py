@@ -42,6 +42,24 @@ class ItemDataset(Dataset):
         return x, torch.ones(len(x), dtype=torch.bool)
 
 
+class RankShard(Dataset):
+    """Rank ``rank``'s share of a map-style dataset: items rank, rank + world, rank + 2·world, ...
+    ``even``: every rank gets len // world items (training: DDP ranks must take the same number of
+    steps); else the first len % world ranks get one more (evaluation: every item scored once)."""
+
+    def __init__(self, ds, rank: int, world: int, even: bool):
+        self.ds, self.rank, self.world = ds, rank, world
+        self.count = len(ds) // world if even else (len(ds) - rank + world - 1) // world
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return self.ds[i * self.world + self.rank]
+
+
 class _SkipFirst:
     """A (batch) sampler without its first ``skip`` entries: indices only, no data is read."""
 
@@ -214,16 +232,18 @@ class TokenDataModule(L.LightningDataModule):
         seed = self.cfg.seed
         if self.streaming:
             return self._loader(self.streamed("train", rank=rank, world=world, epoch=epoch), seed=seed + epoch)
-        # Map-style training data is the same sequence of items for every world size (seeded by
-        # (seed, epoch, index), rank 0's stream): Lightning's DistributedSampler deals the indices
-        # out to the ranks, so k ranks with batch b see exactly the windows of one process with
-        # batch k*b, and different ranks see different windows.
+        # Map-style training data is one sequence of items per (seed, epoch), whatever the number of
+        # ranks, dealt out rank, rank + world, ... (the Trainer runs with use_distributed_sampler=False:
+        # Lightning's sampler would reshuffle it differently for every world size). So k ranks with
+        # batch b see exactly the windows of one process with batch k·b, and no two ranks the same.
         if self.kind == "items":
             n = len(self.splits["train"])
             ds = ItemDataset(self.splits["train"], order=np.random.default_rng([seed, epoch]).permutation(n))
         else:
             count = max(1, math.ceil(len(self.splits["train"]) / self.seq_len))
             ds = RandomWindows(self.splits["train"], self.seq_len, count, seed, 0, epoch)
+        if world > 1:
+            ds = RankShard(ds, rank, world, even=True)
         return self._loader(ds, cls=ResumableLoader, seed=seed + epoch)
 
     def _eval(self, split: str, limit: int | None):
@@ -232,8 +252,13 @@ class TokenDataModule(L.LightningDataModule):
             rank, world, _ = self._rank()
             return self._loader(self.streamed(split, rank=rank, world=world, limit=limit), batch_size=bs)
         if self.kind == "items":
-            return self._loader(ItemDataset(self.splits[split], limit), batch_size=bs)
-        return self._loader(EvalWindows(self.splits[split], self.seq_len, limit), batch_size=bs)
+            ds = ItemDataset(self.splits[split], limit)
+        else:
+            ds = EvalWindows(self.splits[split], self.seq_len, limit)
+        rank, world, _ = self._rank()
+        if world > 1:  # each window scored once, on one rank (metrics are summed over ranks)
+            ds = RankShard(ds, rank, world, even=False)
+        return self._loader(ds, batch_size=bs)
 
     def val_dataloader(self):
         return self._eval("validation", self.cfg.data.val_windows)

@@ -2,8 +2,8 @@
 
 Training windows start at random offsets drawn from a generator seeded by (seed, rank, epoch,
 index), so every run with the same seed sees the same ones and a resumed run repeats them. The
-training DataModule passes rank 0 for every rank: Lightning's DistributedSampler deals the indices
-out, so DDP ranks see different windows and k ranks see the windows of one process. Evaluation windows are non-overlapping and cover the whole split; the
+training DataModule passes rank 0 for every rank and deals the windows out (RankShard: rank r
+takes r, r + world, ...), so DDP ranks see different windows and k ranks the windows of one process. Evaluation windows are non-overlapping and cover the whole split; the
 last one is moved back to end at the split's end and scores only the tokens not scored before.
 Each item is (tokens int64 (n,), mask bool (n,): which positions count in the loss).
 """
