@@ -61,16 +61,20 @@ class RankShard(Dataset):
 
 
 class _SkipFirst:
-    """A (batch) sampler without its first ``skip`` entries: indices only, no data is read."""
+    """A (batch) sampler without its first ``skipping[0]`` entries: indices only, no data is read.
+    The count is read at each epoch: an iterator with persistent workers keeps this object for the
+    epochs after, which skip nothing. (A one-item list, not the loader: a reference back to the
+    loader would make a cycle, and a persistent-worker iterator freed by the cycle collector takes
+    seconds to stop its workers.)"""
 
-    def __init__(self, sampler, skip: int):
-        self.sampler, self.skip = sampler, skip
+    def __init__(self, sampler, skipping: list):
+        self.sampler, self.skipping = sampler, skipping
 
     def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.skip, None)
+        return itertools.islice(iter(self.sampler), self.skipping[0], None)
 
     def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip)
+        return max(0, len(self.sampler) - self.skipping[0])
 
 
 class _Counted:
@@ -107,19 +111,19 @@ class ResumableLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self._yielded = 0  # batches handed out by the current iterator
         self._skip = 0  # batches the next iterator skips (set by load_state_dict)
-        self._skipping = 0
+        self._skipping = [0]  # what the sampler skips while an iterator is being made
 
     @property
     def _index_sampler(self):
-        base = super()._index_sampler
-        return _SkipFirst(base, self._skipping) if self._skipping else base
+        return _SkipFirst(super()._index_sampler, self._skipping)
 
     def __iter__(self):
-        self._skipping, self._skip = self._skip, 0
+        skipped, self._skip = self._skip, 0
+        self._skipping[0] = skipped
         try:
-            it = super().__iter__()  # asks _index_sampler now, for a new or a persistent-worker iterator
+            it = super().__iter__()  # iterates _index_sampler now, for a new or a persistent-worker iterator
         finally:
-            skipped, self._skipping = self._skipping, 0
+            self._skipping[0] = 0
         self._yielded = skipped
         return _Counted(self, it)
 
