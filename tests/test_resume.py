@@ -297,3 +297,28 @@ def test_processes_of_external_launchers_agree_on_a_run_folder(monkeypatch):
         train.run_dir(cfg)
     monkeypatch.setenv(train.RUN_ENV, "runs/x/y")  # rank 0 passed its folder (Lightning's launcher)
     assert str(train.run_dir(cfg)) == "runs/x/y"
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("trainer.strategy=fsdp", "error: trainer.strategy=fsdp needs a GPU and none is available; use ddp (gloo on CPU) or auto"),
+    ("trainer.precision=16-mixed", "error: trainer.precision=16-mixed needs a GPU and none is available; use bf16-mixed or 32"),
+])
+def test_gpu_only_settings_without_a_gpu_exit_2_before_anything_is_written(tmp_path, capsys, arg, message):
+    from sparse_transformer.train import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is there")
+    with pytest.raises(SystemExit) as e:
+        main(_tiny(tmp_path, arg))
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_auto_starts_fresh_then_continues(tmp_path, capsys):
+    from sparse_transformer.train import main
+
+    first = main(_tiny(tmp_path, "resume=auto", "trainer.max_steps=3"))
+    assert first["steps"] == 3 and "resuming from" not in capsys.readouterr().out
+    second = main(_tiny(tmp_path, "resume=auto", "trainer.max_steps=5"))
+    assert second["steps"] == 5 and f"resuming from {tmp_path}/run/checkpoints/last.ckpt" in capsys.readouterr().out
+    assert sorted(fr.curve(tmp_path / "run")) == [0, 1, 2, 3, 4]
