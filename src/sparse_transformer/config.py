@@ -180,8 +180,8 @@ class TrainerConfig:
     """Show Lightning's progress bar."""
     deterministic: bool = False
     """Ask torch for deterministic algorithms."""
-    checkpoint_every_n_steps: Optional[int] = None
-    """Also save checkpoints/last.ckpt every this many optimizer steps (null: at each validation, epoch end and the end of training)."""
+    checkpoint_every_n_steps: Optional[int] = 1000
+    """Save checkpoints/last.ckpt every this many optimizer steps, and at the end (null: at the end only; with save_top_k=0 Lightning 2.6 saves no last.ckpt at validations or epoch ends)."""
     max_bad_steps: int = 5
     """A nan/inf training loss skips that batch on every rank (an all-reduce decides; counted in train/skipped_steps); this many in a row stop the run with an error naming the step (0: no check, no per-step sync)."""
 

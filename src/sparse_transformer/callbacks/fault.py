@@ -1,7 +1,8 @@
 """Fault tolerance: exact resume, a checkpoint on SIGTERM, skipped non-finite steps, atomic checkpoints.
 
-Lightning does the loops, the checkpoint contents (weights, optimiser, scheduler, loop counters,
-the training loader's ``state_dict``) and SIGTERM detection. Written here is only what it does not do:
+Lightning does the loops and the checkpoint contents (weights, optimiser, scheduler, loop counters,
+the training loader's ``state_dict``: data/base.py ResumableLoader). Written here is only what it
+does not do, or does in a way that breaks an exact resume:
 
 - ``ResumeState``: the random state of every rank (Lightning 2.6 does not checkpoint RNG states),
   put back just before the first resumed training step, so dropout takes the masks an uninterrupted
@@ -21,8 +22,8 @@ the training loader's ``state_dict``) and SIGTERM detection. Written here is onl
   flushes every 100 steps; a resumed run needs the earlier rows, and a killed run must not lose
   the rows its checkpoint covers.
 - ``nonfinite_on_any_rank``: the all-reduce behind skipping a nan/inf step on every rank at once
-  (Lightning skips a step whose ``training_step`` returns None, but leaves it to the user to make
-  every DDP rank agree, or the ranks that still step wait forever for the others' gradients).
+  (lit.py: Lightning refuses a ``training_step`` that returns None under DDP, so the update is
+  skipped instead; a rank deciding alone would step while the others do not).
 """
 
 from __future__ import annotations
@@ -54,9 +55,27 @@ class NonFiniteLossError(RuntimeError):
 
 def nonfinite_on_any_rank(loss: torch.Tensor, strategy) -> bool:
     """True on every rank when the loss is nan/inf on any rank (one all-reduce of one number, and a
-    host sync: the decision whether to run backward must be known on the host)."""
+    host sync: whether to step must be known on the host)."""
     bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
     return bool(strategy.reduce(bad, reduce_op="sum").item() > 0)
+
+
+def rng_states() -> dict:
+    """torch (CPU), numpy and Python states, and this process's own CUDA device's (Lightning's
+    ``_collect_rng_states`` takes every visible GPU's: each of 8 ranks would save and set all 8)."""
+    states = _collect_rng_states(include_cuda=False)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch.cuda.current"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    states = dict(states)
+    cuda = states.pop("torch.cuda.current", None)
+    states.pop("torch.cuda", None)
+    _set_rng_states(states)
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
 
 
 def _world() -> tuple[int, int]:
@@ -80,7 +99,7 @@ class ResumeState(Callback):
     def state_dict(self) -> dict[str, Any]:
         # Lightning builds the checkpoint on every rank and rank 0 writes it: gather each rank's
         # states (the same collective on every rank, inside the save every rank makes).
-        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        states = rng_states()
         rank, world = _world()
         if world > 1:
             gathered: list = [None] * world
@@ -103,10 +122,7 @@ class ResumeState(Callback):
         # As late as possible: anything between the restore and this step (validation, other
         # callbacks' start hooks, creating the loader's iterator) must not shift the stream.
         if self._pending is not None:
-            states = dict(self._pending)
-            if not torch.cuda.is_available():
-                states.pop("torch.cuda", None)
-            _set_rng_states(states)
+            set_rng_states(self._pending)
             self._pending = None
         if self._rewind:
             self._rewind = False
