@@ -157,15 +157,15 @@ class TrainerConfig:
     max_time: Optional[str] = None
     """Wall-clock limit, DD:HH:MM:SS (Lightning's max_time)."""
     precision: str = "auto"
-    """auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed (dynamic loss scaling) | 64."""
+    """auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed (fp16 with Lightning's dynamic loss scaling; GPU only) | bf16-true | 64."""
     accelerator: str = "auto"
-    """auto | cpu | gpu."""
+    """auto | cpu | gpu | cuda."""
     devices: Any = "auto"
     """Devices per node (an int, a list, or auto)."""
     num_nodes: int = 1
     """Nodes (multi-node through SLURM or torchrun)."""
     strategy: str = "auto"
-    """auto | ddp | fsdp | ddp_spawn."""
+    """auto | ddp (NCCL on GPUs, gloo on CPU) | fsdp (sharded block by block; GPU only) | ddp_spawn."""
     accumulate_grad_batches: int = 1
     """Gradient accumulation steps."""
     val_check_interval: Optional[float] = None
@@ -183,7 +183,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: Optional[int] = 1000
     """Save checkpoints/last.ckpt every this many optimizer steps, and at the end (null: at the end only; with save_top_k=0 Lightning 2.6 saves no last.ckpt at validations or epoch ends)."""
     max_bad_steps: int = 5
-    """A nan/inf training loss skips that batch on every rank (an all-reduce decides; counted in train/skipped_steps); this many in a row stop the run with an error naming the step (0: no check, no per-step sync)."""
+    """A nan/inf training loss skips that optimizer step on every rank (an all-reduce decides; counted in train/skipped_steps); this many in a row stop the run with an error naming the step (0: no check, no per-step host sync)."""
 
 
 def default_logger() -> str:
