@@ -322,3 +322,31 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path, capsys):
     second = main(_tiny(tmp_path, "resume=auto", "trainer.max_steps=5"))
     assert second["steps"] == 5 and f"resuming from {tmp_path}/run/checkpoints/last.ckpt" in capsys.readouterr().out
     assert sorted(fr.curve(tmp_path / "run")) == [0, 1, 2, 3, 4]
+
+
+def test_the_trainer_is_built_from_the_config(tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from sparse_transformer.lit import SparseTransformerLM, config_dict
+    from sparse_transformer.train import build_trainer
+
+    cfg, _ = load_config(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=2", "trainer.strategy=ddp",
+                          "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=3", "model.recompute=true",
+                          "model.compile=true", "trainer.checkpoint_every_n_steps=7", "logger.kind=none"])
+    trainer = build_trainer(cfg, tmp_path)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2 and trainer.num_nodes == 2
+    assert trainer.precision == "bf16-mixed" and trainer.accumulate_grad_batches == 3
+    assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+    assert trainer.checkpoint_callback._every_n_train_steps == 7 and trainer.checkpoint_callback.save_last
+    lit = SparseTransformerLM(config_dict(cfg), [8, 32])
+    assert all(b.recompute for b in lit.net.blocks)
+    lit.configure_model()  # model.compile: every block wrapped by torch.compile (compiled on first call)
+    assert all(b._compiled_call_impl is not None for b in lit.net.blocks)
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from sparse_transformer.model import Block
+    from sparse_transformer.train import build_strategy
+
+    fsdp = build_strategy(load_config(["trainer.strategy=fsdp"])[0])  # on a GPU machine; sharded per block
+    assert isinstance(fsdp, FSDPStrategy) and fsdp.kwargs["auto_wrap_policy"].__class__.__name__ == "ModuleWrapPolicy"
+    assert Block in fsdp.kwargs["auto_wrap_policy"]._module_classes
