@@ -2,13 +2,14 @@
 the same wall-clock budget on one GPU, evaluated on the same held-out windows.
 
     PYTHONPATH=src python3 bench/table2.py --data text=<prepared folder> --data image=<folder> \
-        [--budget 120] [--out bench/results]
+        [--budget 120] [--gpus 4] [--out bench/results]
 
 Each ``--data`` names a folder written by ``make data`` (format ``raw`` or ``arrow``, capped with
 ``data.max_bytes`` to carry it to the GPU machine). Same seeds, same learning-rate schedule (linear
 warm-up, then cosine over the *time* budget) and the same evaluation for every arm; compilation and
 block-mask construction happen before the clock starts. Writes ``table2-<card>.json``, ``.md`` and
-``.png`` (val bpd vs wall-clock per pattern).
+``.png`` (val bpd vs wall-clock per pattern). ``--gpus k`` trains k arms at a time, each alone on its
+own GPU (a subprocess per arm, pinned with CUDA_VISIBLE_DEVICES), so every arm still has one GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -157,7 +161,9 @@ def train_arm(name: str, pattern: str, src: Source, args) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", action="append", required=True, help="name=prepared folder (repeat)")
+    ap.add_argument("--data", action="append", help="name=prepared folder (repeat)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="no training: join table2 JSON files of the same card "
+                    "(runs split over several calls) into one JSON/Markdown/PNG under --out")
     ap.add_argument("--patterns", default="dense,fixed,strided")
     ap.add_argument("--budget", type=float, default=120.0, help="training seconds per arm")
     ap.add_argument("--seq-len", type=int, default=8192, help="window length for text and audio")
@@ -171,8 +177,13 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=float, default=20.0)
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gpus", type=int, default=1, help="arms trained at once, one GPU each")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
+    if not args.data:
+        ap.error("--data name=folder is required (or --merge)")
     if not torch.cuda.is_available():
         raise SystemExit("bench/table2.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -181,16 +192,74 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     card = card_name()
-    for spec in args.data:
-        name, path = spec.split("=", 1)
-        for pattern in args.patterns.split(","):
-            src = Source(path, args.seq_len, args.seed)
-            r = train_arm(name, pattern, src, args)
-            r.update(meta)
-            records.append(r)
-            print(f"{name:8s} {pattern:8s} n={r['n']:>6d} steps {r['steps']:>5d}  {r['s_per_iter']:.3f} s/iter  "
-                  f"{r['tokens_per_s']:>9,d} tok/s  val bpd {r['val_bpd']:.3f}", flush=True)
-            (out / f"table2-{card}.json").write_text(json.dumps(records, indent=1))  # kept if a later arm times out
+    arms = [(*spec.split("=", 1), pattern) for spec in args.data for pattern in args.patterns.split(",")]
+    if args.gpus > 1:
+        records = run_parallel(arms, argv if argv is not None else sys.argv[1:], args, out / f"table2-{card}.json")
+        for r in records:
+            r["arms_at_once"] = args.gpus  # on separate GPUs of one host
+    for name, path, pattern in arms if args.gpus <= 1 else []:
+        src = Source(path, args.seq_len, args.seed)
+        r = train_arm(name, pattern, src, args)
+        r.update(meta)
+        records.append(r)
+        report(r)
+        (out / f"table2-{card}.json").write_text(json.dumps(records, indent=1))  # kept if a later arm times out
+    (out / f"table2-{card}.json").write_text(json.dumps(records, indent=1))
+    (out / f"table2-{card}.md").write_text(markdown(records))
+    plot(records, out / f"table2-{card}.png")
+    print(markdown(records))
+
+
+def report(r: dict) -> None:
+    print(f"{r['data']:8s} {r['pattern']:8s} n={r['n']:>6d} steps {r['steps']:>5d}  {r['s_per_iter']:.3f} s/iter  "
+          f"{r['tokens_per_s']:>9,d} tok/s  val bpd {r['val_bpd']:.3f}", flush=True)
+
+
+def run_parallel(arms, argv, args, partial: Path) -> list[dict]:
+    """Each arm in its own process on its own GPU, ``args.gpus`` at a time; records in the arms' order."""
+    if torch.cuda.device_count() < args.gpus:
+        raise SystemExit(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} GPUs")
+    keep = []  # the command line without --data/--patterns/--gpus/--out (each arm gets its own)
+    it = iter(argv)
+    for a in it:
+        if a.split("=")[0] in ("--data", "--patterns", "--gpus", "--out"):
+            if "=" not in a:
+                next(it, None)
+        else:
+            keep.append(a)
+    tmp = Path(tempfile.mkdtemp(prefix="table2-"))
+    free, running, done = list(range(args.gpus)), {}, {}
+    todo = list(enumerate(arms))
+    while todo or running:
+        while todo and free:
+            i, (name, path, pattern) = todo.pop(0)
+            gpu = free.pop(0)
+            cmd = [sys.executable, __file__, "--data", f"{name}={path}", "--patterns", pattern, "--out", str(tmp / str(i)), *keep]
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+            running[i] = (gpu, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{i}.err", "w")))
+        time.sleep(1)
+        for i, (gpu, p) in list(running.items()):
+            if p.poll() is None:
+                continue
+            del running[i]
+            free.append(gpu)
+            found = list((tmp / str(i)).glob("table2-*.json"))
+            if p.returncode or not found:
+                print(f"arm {arms[i]} failed (exit {p.returncode}):\n{(tmp / f'{i}.err').read_text()[-3000:]}", flush=True)
+                continue
+            done[i] = json.loads(found[0].read_text())[0]
+            report(done[i])
+            partial.write_text(json.dumps([done[k] for k in sorted(done)], indent=1))
+    return [done[k] for k in sorted(done)]
+
+
+def merge(files, out: Path) -> None:
+    records = [r for f in files for r in json.loads(Path(f).read_text())]
+    cards = {r["card"] for r in records}
+    if len(cards) != 1:
+        raise SystemExit(f"--merge: the files come from different cards ({', '.join(sorted(cards))}); merge one card's")
+    card = next(iter(cards)).replace("NVIDIA ", "").split()[0].lower()
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"table2-{card}.json").write_text(json.dumps(records, indent=1))
     (out / f"table2-{card}.md").write_text(markdown(records))
     plot(records, out / f"table2-{card}.png")

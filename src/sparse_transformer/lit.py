@@ -57,7 +57,8 @@ class SparseTransformerLM(L.LightningModule):
         self._check_finite(loss, batch_idx)
         self.train_bpd(loss.detach() / LN2)  # a skipped step logs its nan/inf, not the last good value
         self.log("train/bpd", self.train_bpd, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
+        # the mean over ranks: the loss of the global batch, comparable across GPU counts (one scalar all-reduce)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, sync_dist=True)
         return loss
 
     def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
