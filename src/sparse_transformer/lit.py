@@ -138,7 +138,9 @@ class SparseTransformerLM(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        fused = {"fused": True} if torch.cuda.is_available() and self.device.type == "cuda" else {}
+        # Lightning 2.6 refuses gradient clipping with a fused optimizer under mixed precision (it
+        # "unscales internally"), so fused AdamW only without clipping; else PyTorch's foreach default
+        fused = {"fused": True} if self.device.type == "cuda" and not o.grad_clip else {}
         opt = torch.optim.AdamW(self.param_groups(), lr=o.lr, betas=(o.beta1, o.beta2), **fused)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warm = min(o.warmup_steps, max(total - 1, 0))
