@@ -11,7 +11,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help setup test test-fast train bench bench-train notebooks sample eval data data-deps sweep agent sweep-local
+.PHONY: help setup test test-fast train bench bench-ddp bench-train notebooks sample eval data data-deps sweep agent sweep-local
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ train:  ## train an experiment: make train EXP=<name> ARGS="key=value ..."
 
 bench:  ## attention benchmark on a GPU: flex patterns vs dense SDPA, table + JSON/PNG under bench/results
 	$(PYTHON) bench/attention.py $(ARGS)
+
+bench-ddp:  ## DDP scaling and equal-global-batch losses through make train: ARGS="--gpus 2,4 data.cache_dir=..."
+	$(PYTHON) bench/ddp.py $(ARGS)
 
 bench-train:  ## end-to-end training steps at the paper's shapes, sparse vs dense SDPA (GPU)
 	$(PYTHON) bench/train.py $(ARGS)
