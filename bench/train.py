@@ -84,11 +84,15 @@ def run(name: str, spec: dict, dense: bool, mode: str, recompute: bool, steps: i
         opt.zero_grad(set_to_none=True)
         return loss
 
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     t0 = time.time()
     for _ in range(3):
         step()
     torch.cuda.synchronize()
     setup_s = time.time() - t0
+    graph_breaks = sum(counters["graph_break"].values())  # compiled: 0 means every block is one graph
     torch.cuda.reset_peak_memory_stats()
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     a.record()
@@ -105,7 +109,7 @@ def run(name: str, spec: dict, dense: bool, mode: str, recompute: bool, steps: i
                tokens_per_s=round(tokens / step_s), mfu=round(flops / step_s / PEAK, 4),
                attn_flop_share=round(attention_flops_per_step(net, n, batch) / flops, 3),
                peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2), loss=round(float(loss), 4),
-               setup_s=round(setup_s, 1))
+               setup_s=round(setup_s, 1), graph_breaks=graph_breaks)
     del net, opt
     torch.cuda.empty_cache()
     return rec
@@ -183,6 +187,8 @@ def main(argv=None):
                 if all("error" not in r for r in pair):
                     pair[1]["speedup_vs_dense"] = round(pair[1]["tokens_per_s"] / pair[0]["tokens_per_s"], 2)
                     print(f"  {name} {mode} recompute={rc}: sparse/dense tokens/s = {pair[1]['speedup_vs_dense']}x", flush=True)
+                Path(args.out).mkdir(parents=True, exist_ok=True)  # kept if a later shape runs out of time
+                (Path(args.out) / f"train-{card_name()}.json").write_text(json.dumps({"runs": recs, "meta": meta}, indent=1))
     result = {"runs": recs, "meta": meta}
     if args.longest:
         result["longest"] = longest()
@@ -199,7 +205,7 @@ def _row(r) -> str:
         return f"{r['shape']:10s} {r['arm']:10s} {r['mode']:8s} rc={r['recompute']!s:5s} {r['error']}"
     return (f"{r['shape']:10s} {r['arm']:10s} {r['mode']:8s} rc={r['recompute']!s:5s} n={r['n']} B={r['batch']} "
             f"{r['params'] / 1e6:6.1f}M  step {r['step_s'] * 1e3:8.1f} ms  {r['tokens_per_s']:>9,d} tok/s  "
-            f"MFU {100 * r['mfu']:5.1f}%  mem {r['peak_mem_gb']:6.1f} GB  setup {r['setup_s']} s")
+            f"MFU {100 * r['mfu']:5.1f}%  mem {r['peak_mem_gb']:6.1f} GB  setup {r['setup_s']} s  breaks {r['graph_breaks']}")
 
 
 def _plot(recs, path):

@@ -33,8 +33,9 @@ class SparseTransformerLM(L.LightningModule):
         self._bad_window = False  # a batch of the current accumulation window had a non-finite loss
 
     def configure_model(self) -> None:
-        """``model.compile``: torch.compile block by block (the same graph serves every block with the
-        same pattern; flex attention runs its own compiled kernels inside)."""
+        """``model.compile``: torch.compile block by block. The attention path is part of each block's
+        graph (flex block masks are prepared by ``SparseTransformer.forward`` outside the compiled
+        blocks; ``tests/attention/test_flex_compile.py`` checks there is no graph break)."""
         if self.cfg.model.get("compile") and not getattr(self, "_compiled", False):
             for blk in self.net.blocks:
                 blk.compile()

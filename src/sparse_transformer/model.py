@@ -187,6 +187,9 @@ class SparseTransformer(nn.Module):
         if idx.shape[1] > self.coords.shape[0]:
             raise ValueError(f"sequence of {idx.shape[1]} tokens is longer than the model's {self.coords.shape[0]} positions")
         x = self.embed(idx)
+        if cache is None and not torch.compiler.is_compiling():
+            for blk in self.blocks:  # plans (flex block masks) built here, outside the compiled blocks
+                blk.attn.prepare(idx.shape[1], idx.device)
         for r, blk in enumerate(self.blocks):
             x = blk(x, cache[r] if cache is not None else None)
         return self.head(self.ln_f(x))

@@ -39,6 +39,7 @@ class SparseAttention(nn.Module):
         self.k = nn.Linear(d_model, d_qk)
         self.v = nn.Linear(d_model, d_model)
         self.proj = nn.Linear(d_model, d_model)
+        self._prepared: dict = {}  # (n, device) -> (backend attend, its precomputed state)
 
     @property
     def scale(self) -> float:
@@ -55,11 +56,25 @@ class SparseAttention(nn.Module):
         position, whose keys and values the cache keeps (see ``new_cache``)."""
         q, k, v = self.split_heads(x)
         if cache is None:
-            y = backends.attend(q, k, v, self.heads, backend=self.backend, scale=self.scale)
+            key = (x.shape[1], x.device.type, x.device.index)
+            attend, state = self._prepared[key] if key in self._prepared else self.prepare(x.shape[1], x.device)
+            y = attend(q, k, v, self.heads, self.scale, prepared=state) if state is not None else attend(q, k, v, self.heads, self.scale)
         else:
             y = cache.attend(q, k, v, self.scale, self.backend)
         B, _, n, _ = y.shape
         return self.proj(y.transpose(1, 2).reshape(B, n, self.d_model))
+
+    @torch.compiler.disable  # Python-side caches and mask building: never traced (SparseTransformer.forward calls it first)
+    def prepare(self, n: int, device) -> tuple:
+        """The backend and its plan for length n on ``device``, kept on the layer so a compiled
+        forward only reads them: ``SparseTransformer.forward`` calls this before its blocks run."""
+        device = torch.device(device)
+        key = (n, device.type, device.index)
+        if key not in self._prepared:
+            if len(self.heads) != self.n_head:
+                raise PatternError(f"heads describes {len(self.heads)} heads but the layer has {self.n_head}")
+            self._prepared[key] = backends.prepare(self.heads, n, device, self.backend)
+        return self._prepared[key]
 
     def new_cache(self, batch: int, n: int, planner: Planner, *, device=None, dtype=None) -> KVCache:
         """An empty cache of n positions for a batch; layers sharing ``planner`` share per-step key plans."""

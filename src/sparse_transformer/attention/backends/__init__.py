@@ -55,3 +55,12 @@ def attend(q, k, v, heads: tuple, *, backend: str = "auto", scale: float | None 
     if len(heads) != q.shape[1]:
         raise PatternError(f"heads describes {len(heads)} heads but q has {q.shape[1]}")
     return get(resolve(backend, heads, q.device)).attend(q, k, v, heads, scale)
+
+
+def prepare(heads: tuple, n: int, device: torch.device, backend: str = "auto"):
+    """``(attend, state)`` for these heads at length n on this device: the concrete backend's
+    ``attend`` and what it precomputes (flex: block masks; None for the others). Called outside
+    torch.compile, so a compiled model reads a ready plan and traces no Python-side cache, module
+    import or mask building: ``attend(q, k, v, heads, scale, prepared=state)`` is one graph."""
+    mod = get(resolve(backend, heads, device))
+    return mod.attend, (mod.prepare(heads, n, device) if hasattr(mod, "prepare") else None)

@@ -79,13 +79,16 @@ _merge = None
 def _merge_compiled(outs, lses):
     """The log-sum-exp merge, compiled into fused kernels (eager it is a dozen passes over n·d)."""
     global _merge
+    if not COMPILE or torch.compiler.is_compiling():  # inside a compiled model: part of its graph
+        return merge_softmaxes(outs, lses)
     if _merge is None:
         _merge = torch.compile(merge_softmaxes, dynamic=False)
-    return _merge(outs, lses) if COMPILE else merge_softmaxes(outs, lses)
+    return _merge(outs, lses)
 
 
 def _call(q, k, v, block_mask, scale, kernel_options=None):
-    fn = _flex() if COMPILE else flex_attention
+    # eager: our own compiled flex_attention; inside a compiled model, the plain one is traced into its graph
+    fn = _flex() if COMPILE and not torch.compiler.is_compiling() else flex_attention
     if AuxRequest is not None:
         out, aux = fn(q, k, v, block_mask=block_mask, scale=scale, return_aux=AuxRequest(lse=True), kernel_options=kernel_options)
         return out, aux.lse
@@ -406,9 +409,8 @@ def _from_transposed(x: Tensor, w: int, n: int) -> Tensor:
     return x.view(B, H, w, n_pad // w, d).transpose(2, 3).reshape(B, H, n_pad, d)[:, :, :n]
 
 
-def _run_group(q, k, v, parts_per_head, scale, kernel_options=None):
+def _run_group(q, k, v, plan: GroupPlan, scale, kernel_options=None):
     n = q.shape[2]
-    plan = plan_for(parts_per_head, n, q.device)
     outs, lses = [], []
     for call in plan.calls:
         if call.kind == "natural":
@@ -456,8 +458,36 @@ def groups(heads: tuple) -> list[tuple[list[int], tuple]]:
     return [(idx, tuple(heads[h] for h in idx)) for idx in g.values()]
 
 
-@torch.compiler.disable  # plans are Python-side caches; the kernels inside are compiled on their own
-def attend(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float, kernel_options=None) -> Tensor:
+@dataclass
+class Prepared:
+    """Everything ``attend`` needs for one layer's heads at one length: per group of heads, their
+    indices (a device tensor when there are several groups) and plan; the inverse permutation."""
+    n: int
+    groups: list
+    inverse: Tensor | None
+
+
+def prepare(heads: tuple, n: int, device) -> Prepared:
+    """Plans for every group of heads at length n (cached per (heads, n, device) in ``_plan``)."""
+    device = torch.device(device)
+    gs = groups(heads)
+    if len(gs) == 1:
+        return Prepared(n, [(None, plan_for(gs[0][1], n, device))], None)
+    order = [h for idx, _ in gs for h in idx]
+    inv = torch.empty(len(order), dtype=torch.long)
+    inv[torch.tensor(order)] = torch.arange(len(order))
+    return Prepared(n, [(torch.tensor(idx, device=device), plan_for(parts, n, device)) for idx, parts in gs],
+                    inv.to(device))
+
+
+_prepare_outside_graph = torch.compiler.disable(prepare)  # a graph break, only where nothing was prepared
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float, kernel_options=None,
+           prepared: Prepared | None = None) -> Tensor:
+    """With ``prepared`` (``prepare`` for this n, built outside torch.compile) the whole call traces
+    into a compiled model's graph: plan lookups are attribute reads, flex_attention and the merge
+    are traced ops. Without it, plans are looked up (and built once) here."""
     if min(q.shape[-1], v.shape[-1]) < 16:  # FlexAttention's kernels need head dims >= 16
         from ..patterns import warn_once
         from . import blocked
@@ -465,20 +495,16 @@ def attend(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float, kernel_o
         warn_once(("flex-small-head", q.shape[-1], v.shape[-1]),
                   f"backend 'flex' needs head dims >= 16 (got {q.shape[-1]} and {v.shape[-1]}): running 'blocked' instead")
         return blocked.attend(q, k, v, heads, scale)
-    if q.device.type != "cuda" and COMPILE:
+    if q.device.type != "cuda" and COMPILE and not torch.compiler.is_compiling():
         raise ValueError("attention.backend 'flex' needs a CUDA device (FlexAttention has no backward on CPU); use blocked")
-    gs = groups(heads)
-    if len(gs) == 1:
-        return _run_group(q, k, v, gs[0][1], scale, kernel_options)
-    pieces, order = [], []
-    for idx, parts in gs:
-        sel = torch.tensor(idx, device=q.device)
-        pieces.append(_run_group(q.index_select(1, sel), k.index_select(1, sel), v.index_select(1, sel), parts, scale, kernel_options))
-        order.extend(idx)
-    out = torch.cat(pieces, 1)
-    inv = torch.empty(len(order), dtype=torch.long)
-    inv[torch.tensor(order)] = torch.arange(len(order))
-    return out.index_select(1, inv.to(q.device))
+    n = q.shape[2]
+    if prepared is None or prepared.n != n:
+        prepared = _prepare_outside_graph(heads, n, q.device)
+    if prepared.inverse is None:
+        return _run_group(q, k, v, prepared.groups[0][1], scale, kernel_options)
+    pieces = [_run_group(q.index_select(1, sel), k.index_select(1, sel), v.index_select(1, sel), plan, scale, kernel_options)
+              for sel, plan in prepared.groups]
+    return torch.cat(pieces, 1).index_select(1, prepared.inverse)
 
 
 def computed_tiles(heads: tuple, n: int, device="cpu") -> int:
@@ -490,4 +516,4 @@ def computed_tiles(heads: tuple, n: int, device="cpu") -> int:
     return total
 
 
-__all__ = ["attend", "available", "computed_tiles", "plan_for", "TILE", "PRIMITIVES"]
+__all__ = ["attend", "available", "computed_tiles", "plan_for", "prepare", "Prepared", "TILE", "PRIMITIVES"]

@@ -1,0 +1,120 @@
+"""``model.compile``: the flex attention path traces into a compiled block as one graph.
+
+Plans (block masks) are built outside torch.compile (``SparseTransformer.forward`` calls each
+layer's ``prepare``), so the compiled forward only reads them. On a CPU the check traces with
+``fullgraph=True`` (any graph break is an error) through dynamo and AOT autograd (``aot_eager``:
+Inductor's CPU FlexAttention has no log-sum-exp output or backward); on a GPU the blocks are
+compiled by Inductor and trained, forward and backward against a float64 reference."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from sparse_transformer.attention import layer_heads, register_pattern, unregister_pattern
+from sparse_transformer.attention.layer import SparseAttention
+from sparse_transformer.model import NetConfig, SparseTransformer
+from tests.helpers import rel_err
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+LAYERS = [
+    ("strided", dict(integration="merged"), 0),
+    ("strided", dict(integration="interleaved"), 0),  # a lone stride layer: SDPA on the transposed view
+    ("strided", dict(integration="interleaved"), 1),
+    ("fixed", dict(summary=4, integration="merged", summary_heads=2), 0),
+    ("strided", dict(integration="multihead"), 0),  # two groups of heads: gathered, run, put back
+]
+
+
+def _compiled_layer_error(heads, n=200, H=2, dh=16, backend="aot_eager"):
+    torch.manual_seed(0)
+    lay = SparseAttention(H * dh, H, heads, backend="flex")
+    ref = SparseAttention(H * dh, H, heads, backend="reference")
+    ref.load_state_dict(lay.state_dict())
+    x = torch.randn(2, n, H * dh)
+    lay.prepare(n, x.device)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        y = torch.compile(lay, fullgraph=True, backend=backend)(x)
+        r = ref.double()(x.double())
+    return rel_err(y, r)
+
+
+@pytest.mark.parametrize("pattern,kw,layer", LAYERS)
+def test_a_prepared_flex_layer_is_one_graph(pattern, kw, layer):
+    heads = layer_heads(pattern, 2, 16, layer=layer, **kw)
+    assert _compiled_layer_error(heads) < 1e-5  # fullgraph=True: a graph break would have raised
+
+
+def test_a_user_pattern_is_one_graph_with_and_without_a_hint():
+    for hint in ({}, {"window": 40}):
+        register_pattern("compile_user_t", lambda i, j, h: (i - j < 40) & ((i - j) % (h + 2) == 0), **hint)
+        try:
+            assert _compiled_layer_error(layer_heads("compile_user_t", 2, 16)) < 1e-5
+        finally:
+            unregister_pattern("compile_user_t")
+
+
+def test_an_unprepared_length_still_runs_under_compile():
+    """A length nobody prepared: the plan is built in a disabled function (a graph break), not traced."""
+    heads = layer_heads("strided", 2, 16, integration="merged")
+    lay = SparseAttention(32, 2, heads, backend="flex")
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        y = torch.compile(lay, backend="aot_eager")(torch.randn(1, 96, 32))
+    assert y.shape == (1, 96, 32) and torch.isfinite(y).all()
+    assert sum(counters["graph_break"].values()) >= 1
+
+
+def test_the_model_prepares_every_layer_and_its_blocks_compile_whole():
+    cfg = NetConfig(n_layer=4, n_head=2, d_model=32, shape=(12, 16), pattern="fixed", stride=16, summary=4,
+                    integration="interleaved", backend="flex")
+    torch.manual_seed(0)
+    net = SparseTransformer(cfg).eval()
+    torch.nn.init.normal_(net.head.weight, std=0.02)  # zero-initialised logits would hide any difference
+    ref = SparseTransformer(NetConfig(**{**cfg.__dict__, "backend": "reference"})).double().eval()
+    ref.load_state_dict(net.state_dict())
+    torch._dynamo.reset()
+    counters.clear()
+    for blk in net.blocks:
+        blk.compile(fullgraph=True, backend="aot_eager")
+    idx = torch.randint(0, 256, (2, 192))
+    with torch.no_grad():
+        out = net(idx)
+        assert all((192, "cpu", None) in blk.attn._prepared for blk in net.blocks)
+        assert rel_err(out, ref(idx)) < 1e-5
+    assert sum(counters["graph_break"].values()) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("pattern,kw", [("strided", dict(integration="merged")),
+                                         ("fixed", dict(summary=8, integration="merged", summary_heads=2)),
+                                         ("strided", dict(layout=["stride", "local", "local", "local"]))])
+def test_compiled_blocks_train_like_the_reference_on_a_gpu(pattern, kw, recompute):
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        cfg = NetConfig(n_layer=4, n_head=2, d_model=64, shape=(32, 32), pattern=pattern, stride=32, backend="flex",
+                        recompute=recompute, **kw)
+        torch.manual_seed(0)
+        net = SparseTransformer(cfg).cuda().train()
+        torch.nn.init.normal_(net.head.weight, std=0.02)
+        ref = SparseTransformer(NetConfig(**{**cfg.__dict__, "backend": "reference"})).cuda().double().train()
+        ref.load_state_dict(net.state_dict())
+        torch._dynamo.reset()
+        counters.clear()
+        for blk in net.blocks:
+            blk.compile(fullgraph=True)
+        idx = torch.randint(0, 256, (2, 1024), device="cuda")
+        out = net(idx)
+        out.float().square().mean().backward()
+        r = ref(idx)
+        r.square().mean().backward()
+        assert sum(counters["graph_break"].values()) == 0
+        assert rel_err(out, r) < 1e-5
+        for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+            assert rel_err(p.grad, q.grad) < 1e-4, name
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
