@@ -96,7 +96,7 @@ def test_compiled_blocks_train_like_the_reference_on_a_gpu(pattern, kw, recomput
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        cfg = NetConfig(n_layer=4, n_head=2, d_model=64, shape=(32, 32), pattern=pattern, stride=32, backend="flex",
+        cfg = NetConfig(n_layer=2, n_head=2, d_model=64, shape=(32, 32), pattern=pattern, stride=32, backend="flex",
                         recompute=recompute, **kw)
         torch.manual_seed(0)
         net = SparseTransformer(cfg).cuda().train()
