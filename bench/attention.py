@@ -37,6 +37,9 @@ def card_name() -> str:
 
 
 def commit() -> str:
+    """GIT_COMMIT if set (a copied tree's .git can be stale: the GPU machine's was), else git's HEAD."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
     except Exception:

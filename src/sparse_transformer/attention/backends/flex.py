@@ -53,17 +53,22 @@ def available() -> bool:
 _compiled = None
 
 
+def _raise_recompile_limit() -> None:
+    """One compiled entry per (mask, length, head dim), and per block pattern in a compiled model: a
+    model with a few patterns and lengths needs a handful; past the limit dynamo silently falls
+    back to the slow eager path, so raise it."""
+    import torch._dynamo
+
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+
+
 def _flex():
     """flex_attention compiled once per process (eager flex materialises the scores)."""
     global _compiled
     if _compiled is None:
-        import torch._dynamo
-
-        # one entry per (mask, length, head dim): a model with a few patterns and lengths needs a
-        # handful; past the limit dynamo silently falls back to the slow eager path, so raise it.
-        for name in ("cache_size_limit", "recompile_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+        _raise_recompile_limit()
         _compiled = torch.compile(flex_attention, dynamic=False)
     return _compiled
 
@@ -468,7 +473,16 @@ class Prepared:
 
 
 def prepare(heads: tuple, n: int, device) -> Prepared:
-    """Plans for every group of heads at length n (cached per (heads, n, device) in ``_plan``)."""
+    """Plans for every group of heads at length n. Cached: layers with the same heads get the same
+    object, so a compiled model's blocks with one pattern share one graph (no recompiles)."""
+    _raise_recompile_limit()
+    device = torch.device(device)
+    key = tuple(tuple(p.key() for p in parts) for parts in heads)
+    return _prepared(key, n, str(device), registry_version(), heads)
+
+
+@lru_cache(maxsize=64)
+def _prepared(key: tuple, n: int, device: str, version: int, heads: tuple) -> Prepared:
     device = torch.device(device)
     gs = groups(heads)
     if len(gs) == 1:
