@@ -124,3 +124,14 @@ def test_compiled_blocks_train_like_the_reference_on_a_gpu(pattern, kw, recomput
             assert rel_err(p.grad, q.grad) < 1e-4, name
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_prepared_plans_are_bounded_and_not_pickled():
+    import pickle
+
+    lay = SparseAttention(32, 2, layer_heads("fixed", 2, 16, summary=4, integration="merged"), backend="flex")
+    for n in range(64, 64 + 20 * 16, 16):
+        lay.prepare(n, "cpu")
+    assert len(lay._prepared) == 16 and (64 + 19 * 16, "cpu", None) in lay._prepared  # the newest kept
+    copy = pickle.loads(pickle.dumps(lay))  # ddp_spawn pickles the model; mask functions are local closures
+    assert copy._prepared == {} and torch.equal(copy.q.weight, lay.q.weight)

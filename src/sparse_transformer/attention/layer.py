@@ -64,6 +64,9 @@ class SparseAttention(nn.Module):
         B, _, n, _ = y.shape
         return self.proj(y.transpose(1, 2).reshape(B, n, self.d_model))
 
+    def __getstate__(self):  # plans hold local mask functions (not picklable) and are rebuilt on demand
+        return {**super().__getstate__(), "_prepared": {}}
+
     @torch.compiler.disable  # Python-side caches and mask building: never traced (SparseTransformer.forward calls it first)
     def prepare(self, n: int, device) -> tuple:
         """The backend and its plan for length n on ``device``, kept on the layer so a compiled
@@ -71,6 +74,8 @@ class SparseAttention(nn.Module):
         device = torch.device(device)
         key = (n, device.type, device.index)
         if key not in self._prepared:
+            if len(self._prepared) >= 16:  # many lengths (a caller growing a prefix): keep the newest
+                self._prepared.pop(next(iter(self._prepared)))
             if len(self.heads) != self.n_head:
                 raise PatternError(f"heads describes {len(self.heads)} heads but the layer has {self.n_head}")
             self._prepared[key] = backends.prepare(self.heads, n, device, self.backend)
