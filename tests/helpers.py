@@ -1,4 +1,15 @@
+import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Decoding runs many tiny operations: intra-op threads only add synchronisation (and, on a shared
+    machine, contention that made these tests 10x slower), so this module runs on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:

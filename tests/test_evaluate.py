@@ -9,17 +9,8 @@ from sparse_transformer.config import load_config
 from sparse_transformer.data.text import TextDataModule
 from sparse_transformer.evaluate import ContextWindows, main
 from sparse_transformer.lit import SparseTransformerLM
+from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
 from tests.test_sample import TINY, make_ckpt
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding runs many tiny operations: intra-op threads only add synchronisation (and, on a shared
-    machine, contention that made these tests 10x slower), so this module runs on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Stream:

@@ -763,15 +763,24 @@ def _plt():
 
 def plot_masks(masks: dict[str, Tensor], ncols: int = 4, size: float = 2.4, suptitle: str | None = None):
     """One panel per named (n, n) bool mask: query i down, key j across, allowed keys dark."""
-    plt = _plt()
-    k = len(masks)
-    ncols = min(ncols, k)
-    nrows = math.ceil(k / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
-    for ax, (title, m) in zip(axes.flat, masks.items()):
+
+    def draw(ax, title, m):
         m = m.to(torch.float32)
         ax.imshow(m.numpy(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{title}\n{int(m.sum())} pairs", fontsize=8)
+
+    return _panel_grid(masks, draw, ncols, size, 0.3, suptitle)
+
+
+def _panel_grid(panels: dict, draw, ncols: int, size: float, top: float, suptitle: str | None):
+    """A grid of square panels, ``draw(ax, title, value)`` for each; spare cells blanked."""
+    plt = _plt()
+    k = len(panels)
+    ncols = min(ncols, k)
+    nrows = math.ceil(k / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + top), squeeze=False)
+    for ax, (title, value) in zip(axes.flat, panels.items()):
+        draw(ax, title, value)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[k:]:
@@ -784,28 +793,18 @@ def plot_masks(masks: dict[str, Tensor], ncols: int = 4, size: float = 2.4, supt
 
 def plot_reach(panels: dict[str, Tensor], ncols: int = 4, size: float = 2.6, suptitle: str | None = None):
     """Reach matrices: reached (green), causal but not reached (red: a connectivity failure), future (white)."""
-    plt = _plt()
     from matplotlib.colors import ListedColormap
 
     cmap = ListedColormap(["white", "#3a9d5d", "#d62728"])
-    k = len(panels)
-    ncols = min(ncols, k)
-    nrows = math.ceil(k / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
-    for ax, (title, reach) in zip(axes.flat, panels.items()):
+
+    def draw(ax, title, reach):
         img = reach_image(reach)
         fails = int((img == 2).sum())
         ax.imshow(img.numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest")
         ax.set_title(f"{title}\n{'connects' if not fails else f'{fails} pairs unreached'}", fontsize=8,
                      color="black" if not fails else "#d62728")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in list(axes.flat)[k:]:
-        ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    return fig
+
+    return _panel_grid(panels, draw, ncols, size, 0.4, suptitle)
 
 
 def draw_tiles(ax, classes: Tensor, title: str = "", mask: Tensor | None = None, tile: int | None = None):

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, EvalConfig
-from .sample import fail, help_text, load_model, parse_cli, run_folder
+from .sample import fail, load_model, options_or_exit, run_folder
 
 LN2 = math.log(2.0)
 
@@ -148,13 +148,7 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        opts, overrides, flags = parse_cli(argv, "eval", EvalConfig)
-    except ConfigError as e:
-        fail(e)
-    if "help" in flags:
-        print(help_text("evaluate", EvalConfig, "Also accepted as eval.<option>. Example: ckpt=runs/x/checkpoints/last.ckpt min_context=128"))
-        raise SystemExit(0)
+    opts, overrides = options_or_exit(argv, "eval", EvalConfig, "ckpt=runs/x/checkpoints/last.ckpt min_context=128")
     from .attention.backends import resolve
 
     t0 = time.perf_counter()

@@ -121,6 +121,19 @@ def fail(e: Exception) -> None:
     raise SystemExit(2) from None
 
 
+def options_or_exit(argv: list[str], section: str, cls, example: str) -> tuple:
+    """``parse_cli``'s options and overrides; a bad command line exits 2 with one line, --help prints and exits 0."""
+    try:
+        opts, overrides, flags = parse_cli(argv, section, cls)
+    except ConfigError as e:
+        fail(e)
+    if "help" in flags:
+        module = {"sample": "sample", "eval": "evaluate"}[section]
+        print(help_text(module, cls, f"Also accepted as {section}.<option>. Example: {example}"))
+        raise SystemExit(0)
+    return opts, overrides
+
+
 # ------------------------------------------------------------------------------------------------
 # Checkpoints
 # ------------------------------------------------------------------------------------------------
@@ -381,13 +394,7 @@ def default_out(ckpt: str) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        opts, overrides, flags = parse_cli(argv, "sample", SampleConfig)
-    except ConfigError as e:
-        fail(e)
-    if "help" in flags:
-        print(help_text("sample", SampleConfig, "Also accepted as sample.<option>. Example: ckpt=runs/x/checkpoints/last.ckpt n=16 temperature=0.9 prime=0.5"))
-        raise SystemExit(0)
+    opts, overrides = options_or_exit(argv, "sample", SampleConfig, "ckpt=runs/x/checkpoints/last.ckpt n=16 temperature=0.9 prime=0.5")
     out = Path(opts.out) if opts.out else default_out(opts.ckpt)
     if out.exists():
         fail(ConfigError(f"sample.out={out} exists; give a new folder (samples never overwrite)"))

@@ -10,16 +10,7 @@ from sparse_transformer.attention import (
 from sparse_transformer.attention.cache import KVCache, Planner, _head_slices
 from sparse_transformer.attention.patterns import Part, PatternError, union_mask
 from sparse_transformer.model import NetConfig, SparseTransformer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding runs many tiny operations: intra-op threads only add synchronisation (and, on a shared
-    machine, contention that made these tests 10x slower), so this module runs on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
 
 
 SPECS = [
