@@ -103,3 +103,18 @@ def test_user_patterns_run_through_flex(eager_flex):
                 assert rel_err(flex.attend(q, k, v, heads, 0.25), ref) < 1e-10
         finally:
             unregister_pattern("flex_user_t")
+
+
+@pytest.mark.parametrize("n", [320, 300])  # a free transposed view (16 divides n) and the padded, permuted order
+def test_a_user_residue_pattern_runs_through_flex(n, eager_flex):
+    register_pattern("flex_residue_t", lambda i, j, h: ((i - j) % 16 == 0) & ((i - j) // 16 % (h + 2) == 0), residue=16)
+    try:
+        heads = layer_heads("flex_residue_t", 2, 16)
+        q, k, v = (torch.randn(1, 2, n, 16, dtype=torch.float64) for _ in range(3))
+        ref = attend(q, k, v, heads, backend="reference")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert rel_err(flex.attend(q, k, v, heads, 0.25), ref) < 1e-10
+        assert {c.kind for c in flex.plan_for(heads, n, "cpu").calls} == {"residue_view" if n % 16 == 0 else "residue"}
+    finally:
+        unregister_pattern("flex_residue_t")

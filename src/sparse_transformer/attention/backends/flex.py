@@ -115,6 +115,16 @@ def _union(parts, i, j, h):
     return m
 
 
+def _residue_pairs(m, p, prior, i, j, h):
+    """``m`` (a stride-like tile's causal pairs) narrowed to part ``p``'s own pairs (a user
+    residue pattern's function; stride is all of them) that no ``prior`` part already covers."""
+    if p.name != "stride":
+        m = m & _USER[p.name].fn(i, j, h).to(torch.bool)
+    if prior:
+        m = m & ~_union(prior, i, j, h)
+    return m
+
+
 # ------------------------------------------------------------------------------------------------
 # Plans: the calls one group of heads needs, with their block masks
 # ------------------------------------------------------------------------------------------------
@@ -338,11 +348,7 @@ def _residue_padded_call(p, prior, n, w, hmap, device) -> Call:
         i = torch.remainder(q_idx, nb) * w + _fdiv(q_idx, nb)  # transposed index -> position
         j = torch.remainder(kv_idx, nb) * w + _fdiv(kv_idx, nb)
         m = (_fdiv(q_idx, nb) == _fdiv(kv_idx, nb)) & (j <= i) & (i < n) & (j < n)
-        if p.name != "stride":
-            m = m & _USER[p.name].fn(i, j, hmap[h]).to(torch.bool)
-        if prior:
-            m = m & ~_union(prior, i, j, hmap[h])
-        return m
+        return _residue_pairs(m, p, prior, i, j, hmap[h])
 
     bm = BlockMask.from_kv_blocks(kv_num, kv_idx, f_num, f_idx, BLOCK_SIZE=TILE, mask_mod=mask_mod, seq_lengths=(n_pad, n_pad))
     return Call("residue", bm, width=w, padded=n_pad, tiles=tiles)
@@ -371,12 +377,7 @@ def _residue_view_call(p, prior, n, w, Hg, hmap, device) -> Call:
             return kv_idx < q_idx
         r, hh = _fdiv(h, Hg), torch.remainder(h, Hg)
         i, j = q_idx * w + r, kv_idx * w + r
-        m = kv_idx <= q_idx
-        if p.name != "stride":
-            m = m & _USER[p.name].fn(i, j, hmap[hh]).to(torch.bool)
-        if prior:
-            m = m & ~_union(prior, i, j, hmap[hh])
-        return m
+        return _residue_pairs(kv_idx <= q_idx, p, prior, i, j, hmap[hh])
 
     bm = BlockMask.from_kv_blocks(kv_num, kv_idx, f_num, f_idx, BLOCK_SIZE=TILE, mask_mod=mask_mod, seq_lengths=(nb, nb))
     return Call("residue_view", bm, width=w, padded=n, tiles=tiles * w, sdpa=simple)  # tiles repeat per residue r
