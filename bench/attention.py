@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sparse_transformer.attention import attend, layer_heads  # noqa: E402
+from sparse_transformer.attention import layer_heads  # noqa: E402
 from sparse_transformer.attention.backends import flex  # noqa: E402
 from sparse_transformer.attention.patterns import attended_pairs  # noqa: E402
 
@@ -215,13 +215,21 @@ def _row(r) -> str:
             f"flop_ratio {r.get('flop_ratio')}  mem {r['peak_mem_gb']:.2f} GB  recompiles {r['recompiles_in_timed_steps']}")
 
 
-def _plot(records, path):
+def pyplot():
+    """matplotlib's pyplot on the headless Agg backend, or None where matplotlib is missing (no PNG)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _plot(records, path):
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for pattern in ["dense"] + PATTERNS:

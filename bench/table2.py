@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention import card_name, commit  # noqa: E402
+from attention import card_name, commit, pyplot  # noqa: E402
 from sparse_transformer.data.store import open_store  # noqa: E402
 from sparse_transformer.model import NetConfig, SparseTransformer  # noqa: E402
 
@@ -277,12 +277,8 @@ def markdown(records) -> str:
 
 
 def plot(records, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     names = sorted({r["data"] for r in records})
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention import card_name, commit  # noqa: E402
+from attention import card_name, commit, pyplot  # noqa: E402
 from sparse_transformer.attention.patterns import attended_pairs  # noqa: E402
 from sparse_transformer.model import NetConfig, SparseTransformer  # noqa: E402
 
@@ -209,12 +209,8 @@ def _row(r) -> str:
 
 
 def _plot(recs, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     ok = [r for r in recs if "error" not in r]
     labels = [f"{r['shape']}\n{r['mode']}{' rc' if r['recompute'] else ''}\n{r['arm']}" for r in ok]

@@ -1,8 +1,6 @@
 """Samples, media, attention maps and FLOP counting (no Trainer: each piece on its own)."""
 
 import math
-import sys
-import types
 import wave
 
 import numpy as np

@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from .callbacks import build_callbacks
     from .callbacks.loggers import finish
-    from .data import build_datamodule
-    from .data.store import DataError
+    from .data import build_datamodule, prepare_or_exit
     from .lit import SparseTransformerLM, config_dict
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -193,12 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     dm = build_datamodule(cfg)
-    try:
-        dm.prepare_data()
-        dm.setup("fit")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    prepare_or_exit(dm)
 
     rank0 = is_rank_zero()
     ckpt = resume_path(cfg, out)

@@ -22,3 +22,17 @@ def build_datamodule(cfg):
 
         return AudioDataModule(cfg)
     raise ValueError(f"data.modality={modality} is unknown; valid: text, image, audio")
+
+
+def prepare_or_exit(dm) -> None:
+    """Prepare the data once and open the training splits; bad data is one line on stderr, exit 2."""
+    import sys
+
+    from .store import DataError
+
+    try:
+        dm.prepare_data()
+        dm.setup("fit")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

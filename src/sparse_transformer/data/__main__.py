@@ -6,7 +6,6 @@ Prints the folder, each split's size and the time taken; a bad source exits 2 wi
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +14,8 @@ def main(argv: list[str] | None = None) -> dict:
     from ..config import main_config
 
     cfg = main_config(argv)
-    from . import build_datamodule
-    from .store import DataError, is_prepared, read_meta
+    from . import build_datamodule, prepare_or_exit
+    from .store import is_prepared, read_meta
 
     dm = build_datamodule(cfg)
     if dm.streaming:
@@ -24,12 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     t0 = time.time()
     existed = is_prepared(dm.dir, cfg.data.format)
-    try:
-        dm.prepare_data()
-        dm.setup("fit")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    prepare_or_exit(dm)
     seconds = time.time() - t0
     meta = read_meta(dm.dir)
     size = sum(f.stat().st_size for f in Path(dm.dir).rglob("*") if f.is_file())

@@ -128,7 +128,6 @@ def _natural(q, k, v, order, owners, scale):
     qp, kp, vp = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
     masks = _natural_masks(tuple(order), tuple(owners), n, C, str(q.device), registry_version())
     qb = (qp * scale).view(B, H, nb, C, d)  # scale the n·d queries, not the n·K scores
-    ct = compute_dtype(q.dtype)
     kts, vts = [], []
     for s in order:
         if s.kind == "full":
