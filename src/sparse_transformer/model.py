@@ -188,11 +188,17 @@ class SparseTransformer(nn.Module):
             raise ValueError(f"sequence of {idx.shape[1]} tokens is longer than the model's {self.coords.shape[0]} positions")
         x = self.embed(idx)
         if cache is None and not torch.compiler.is_compiling():
-            for blk in self.blocks:  # plans (flex block masks) built here, outside the compiled blocks
-                blk.attn.prepare(idx.shape[1], idx.device)
+            self.prepare(idx.shape[1], idx.device)
         for r, blk in enumerate(self.blocks):
             x = blk(x, cache[r] if cache is not None else None)
         return self.head(self.ln_f(x))
+
+    def prepare(self, n: int, device) -> None:
+        """Build every layer's attention plan for length n (flex block masks) outside torch.compile.
+        ``forward`` does it itself when not compiled; a caller of a compiled network (see
+        ``compile_network``) calls it first, so the compiled graph only reads ready plans."""
+        for blk in self.blocks:
+            blk.attn.prepare(n, device)
 
     # ------------------------------------------------------------------------------------------
     # Generation
@@ -256,3 +262,28 @@ class SparseTransformer(nn.Module):
         if non_embedding:
             n -= self.tok_emb.weight.numel() + sum(e.weight.numel() for e in self.pos_emb)
         return n
+
+
+COMPILE_MODES = ("blocks", "model", "cudagraphs")
+
+
+def compile_network(net: SparseTransformer, mode: str = "model") -> SparseTransformer:
+    """torch.compile ``net`` in place (``nn.Module.compile``: parameter names, hence checkpoints,
+    are unchanged) with static shapes (a new length or batch compiles once more, never dynamically).
+
+    - ``blocks``: each residual block its own graph (48 guard checks and launches per step);
+    - ``model``: the whole network one graph (forward and backward);
+    - ``cudagraphs``: the whole network, its forward and backward replayed as CUDA graphs
+      (``mode="reduce-overhead"``): no launch or Python cost per kernel. Callers mark each new
+      step with ``torch.compiler.cudagraph_mark_step_begin()``.
+
+    Attention plans must be ready before a compiled call: call ``net.prepare(n, device)`` first
+    (a missing plan is built in a graph break, not wrongly)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r} is unknown; valid: {', '.join(COMPILE_MODES)}")
+    if mode == "blocks":
+        for blk in net.blocks:
+            blk.compile(dynamic=False)
+    else:
+        net.compile(dynamic=False, mode="reduce-overhead" if mode == "cudagraphs" else None)
+    return net
