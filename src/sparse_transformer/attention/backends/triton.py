@@ -1,0 +1,374 @@
+"""Triton backend (CUDA): kernels specialised to the paper's patterns (backends/_triton_kernels.py).
+
+Where FlexAttention runs a generic block mask (one program per 128-row tile, a mask function per
+score, copies for the transposed stride order and the gathered summary keys), these kernels know
+the pattern's structure: ``local`` loops over its band only, ``stride`` reads OpenAI's transposed
+order in place with a row stride of l·H·d, merged ``strided`` is a band pass and a stride pass
+whose epilogue merges the two softmaxes, and ``fixed`` reads the summary cells in place by index.
+
+They are ``torch.library`` custom ops with fake (meta) implementations, so a compiled model traces
+them as single nodes (no graph break) and CUDA graphs capture them; autotuning happens at the
+first call, which must therefore run before any capture (warm-up steps do). Heads whose parts are
+not one of local, stride, strided (local ∪ stride), block, summary or fixed (block ∪ summary), head
+dims other than 16/32/64/128, or other dtypes than fp16/bf16/fp32 are not supported here:
+``unsupported`` says why (``auto`` then runs flex). fp32 inputs use IEEE dot products unless
+``torch.set_float32_matmul_precision`` allows TF32.
+
+On a CPU the kernels run only under ``TRITON_INTERPRET=1`` (set before this module is imported):
+that is how the CPU tests check their arithmetic and masks against the float64 reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import torch
+
+Tensor = torch.Tensor
+HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634
+
+
+def importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available(device: torch.device | str | None = None) -> bool:
+    """Kernels can run on ``device``: CUDA with Triton, or the CPU under the Triton interpreter."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not importable():
+        return False
+    if dev.type == "cuda":
+        return torch.cuda.is_available()
+    return dev.type == "cpu" and interpreting()
+
+
+# ------------------------------------------------------------------------------------------------
+# Which heads run how: groups of heads with the same parts, one kernel family each
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Group:
+    kind: str  # local | stride | strided | fixed
+    heads: tuple  # layer head indices
+    width: int = 0  # local window (local, strided)
+    stride: int = 0  # l (stride, strided, fixed)
+    summary: int = 0  # c (fixed with a summary part)
+    block: bool = False  # fixed: the own block part
+    has_summary: bool = False  # fixed: the summary part
+    slices: tuple = ()  # fixed: each head's summary slice
+
+
+def _group_of(parts: tuple) -> tuple[str, dict] | str:
+    """(kind, parameters) for one head's parts, or why they are not supported."""
+    names = tuple(sorted(p.name for p in parts))
+    by = {p.name: p for p in parts}
+    if names == ("local",):
+        return "local", dict(width=by["local"].stride)
+    if names == ("stride",):
+        return "stride", dict(stride=by["stride"].stride)
+    if names == ("local", "stride"):
+        return "strided", dict(width=by["local"].stride, stride=by["stride"].stride)
+    if names in (("block",), ("summary",), ("block", "summary")):
+        ls = {p.stride for p in parts}
+        if len(ls) != 1:
+            return f"block and summary parts with different strides {sorted(ls)}"
+        s = by.get("summary")
+        return "fixed", dict(stride=ls.pop(), summary=s.summary if s else 0, block="block" in by, has_summary=s is not None,
+                             slices=(s.slice if s else 0,))
+    return f"the parts {'+'.join(names)} (the triton kernels run local, stride, strided, block, summary and fixed)"
+
+
+def plan(heads: tuple) -> tuple[Group, ...] | str:
+    """The groups of a layer's heads, or a one-line reason the kernels do not apply."""
+    found: dict[tuple, dict] = {}
+    for h, parts in enumerate(heads):
+        g = _group_of(parts)
+        if isinstance(g, str):
+            return g
+        kind, params = g
+        slices = params.pop("slices", ())
+        key = (kind, tuple(sorted(params.items())))
+        entry = found.setdefault(key, dict(kind=kind, heads=[], slices=[], **params))
+        entry["heads"].append(h)
+        entry["slices"].extend(slices)
+    return tuple(Group(**{**e, "heads": tuple(e["heads"]), "slices": tuple(e["slices"])}) for e in found.values())
+
+
+def unsupported(heads: tuple, dims: tuple[int, int] | None = None, dtype: torch.dtype | None = None,
+                device: torch.device | str | None = None) -> str | None:
+    """Why the kernels cannot run these heads (head dims (d_qk, d_v), dtype, device), or None."""
+    if not importable():
+        return "Triton is not installed"
+    if device is not None and not available(device):
+        return f"device {torch.device(device).type} (the triton kernels need a CUDA GPU)"
+    p = plan(heads)
+    if isinstance(p, str):
+        return p
+    if dims is not None and any(d not in HEAD_DIMS for d in dims):
+        return f"head dims {dims[0]} (q, k) and {dims[1]} (v): each must be one of {', '.join(map(str, HEAD_DIMS))}"
+    if dtype is not None and dtype not in DTYPES:
+        return f"dtype {dtype} (fp16, bf16 or fp32)"
+    return None
+
+
+def spec(heads: tuple) -> str:
+    """A layer's plan as the string the custom ops take (hashable, a constant to torch.compile)."""
+    p = plan(heads)
+    if isinstance(p, str):
+        raise ValueError(f"attention.backend 'triton' cannot run {p}; use flex or auto")
+    return json.dumps([asdict(g) for g in p], separators=(",", ":"))
+
+
+@lru_cache(maxsize=256)
+def _groups(spec_str: str) -> tuple[Group, ...]:
+    return tuple(Group(**{**g, "heads": tuple(g["heads"]), "slices": tuple(g["slices"])}) for g in json.loads(spec_str))
+
+
+_tables: dict = {}
+
+
+def _table(values: tuple, device: torch.device) -> Tensor:
+    """Small int32 device tables (head indices, summary slices), made once: a CUDA graph captured
+    later must not see a host-to-device copy."""
+    key = (values, device.type, device.index)
+    if key not in _tables:
+        _tables[key] = torch.tensor(values, dtype=torch.int32, device=device)
+    return _tables[key]
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel launch: autotuned on a GPU, fixed small tiles under the interpreter
+# ------------------------------------------------------------------------------------------------
+INTERPRET_TILES = (16, 16)  # (BM, BN) under TRITON_INTERPRET; tests vary it to cross tile edges
+
+
+def _patch_interpreter() -> None:
+    """Triton 3.6's interpreter turns a scalar into a loop bound with ``int(array)``, which NumPy
+    >= 2.4 refuses for its 1-element arrays; read the element instead (interpreter only)."""
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_sparse_transformer_patched", False) or not hasattr(interpreter, "_patch_lang_tensor"):
+        return
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+    interpreter._sparse_transformer_patched = True
+
+
+@lru_cache(maxsize=None)
+def _kernels():
+    import triton
+
+    if interpreting():
+        _patch_interpreter()
+
+    from . import _triton_kernels as K
+
+    def cfg(bm, bn, w, s):
+        return triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
+
+    fwd = [cfg(64, 64, 4, 3), cfg(128, 64, 4, 3), cfg(128, 64, 8, 3), cfg(64, 32, 4, 3), cfg(128, 128, 8, 3), cfg(32, 32, 2, 3)]
+    bwd = [cfg(64, 64, 4, 2), cfg(64, 64, 8, 3), cfg(32, 64, 4, 2), cfg(64, 32, 4, 2), cfg(128, 64, 8, 2), cfg(32, 32, 2, 2)]
+    seq_key = ["n", "H", "RS", "W", "DQK", "DV", "EXCL"]
+    fixed_key = ["n", "H", "L", "C", "DQK", "DV", "HAS_BLOCK"]
+
+    def tune(fn, configs, key, restore=()):
+        if interpreting():
+            return fn
+        return triton.autotune(configs=configs, key=key, restore_value=list(restore))(fn)
+
+    return dict(
+        seq_fwd=tune(K._seq_fwd, fwd, seq_key + ["MERGE"], ("O", "LSE")),
+        seq_dq=tune(K._seq_bwd_dq, bwd, seq_key + ["ACCUM"], ("DQ",)),
+        seq_dkdv=tune(K._seq_bwd_dkdv, bwd, seq_key + ["ACCUM"], ("DK", "DV_")),
+        fixed_fwd=tune(K._fixed_fwd, fwd, fixed_key + ["HAS_SUMMARY"]),
+        fixed_dq=tune(K._fixed_bwd_dq, bwd, fixed_key + ["HAS_SUMMARY"]),
+        fixed_dkdv_own=tune(K._fixed_bwd_dkdv_own, bwd, fixed_key),
+        fixed_dkdv_summary=tune(K._fixed_bwd_dkdv_summary, bwd, ["n", "H", "L", "C", "G", "DQK", "DV"], ("DK", "DV_")),
+    )
+
+
+def _launch(name: str, programs, *args, **kw):
+    """Launch kernel ``name`` on a 1-D grid of ``programs(BM, BN)`` programs."""
+    kern = _kernels()[name]
+    if interpreting():
+        bm, bn = INTERPRET_TILES
+        kern[(programs(bm, bn),)](*args, **kw, BM=bm, BN=bn, num_warps=1)
+    else:
+        kern[lambda meta: (programs(meta["BM"], meta["BN"]),)](*args, **kw)
+
+
+def _strides(x: Tensor) -> tuple[int, int, int]:
+    """(batch, position, head) strides of a (B, n, H, d) tensor."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _ieee(q: Tensor) -> bool:
+    return q.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
+
+
+def _seq_passes(g: Group, n: int) -> list[dict]:
+    """The seq-kernel passes of a group: (RS, P, W, EXCL) each; strided's second pass merges/adds."""
+    band = dict(RS=1, P=1, W=g.width, EXCL=0)
+    col = dict(RS=g.stride, P=min(g.stride, n), W=n + 1, EXCL=0)
+    if g.kind == "local":
+        return [band]
+    if g.kind == "stride":
+        return [col]
+    return [band, {**col, "EXCL": math.ceil(g.width / g.stride)}]  # keys i - j < width are the band's
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tuple[Tensor, Tensor]:
+    """o (B, n, H, dv) and lse (B, H, n, float32, natural log) for q, k (B, n, H, dqk), v (B, n, H, dv)."""
+    B, n, H, DQK = q.shape
+    DV = v.shape[-1]
+    o = torch.empty(B, n, H, DV, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, n, dtype=torch.float32, device=q.device)
+    common = (*_strides(q), *_strides(k), *_strides(v), *_strides(o))
+    for g in _groups(spec_str):
+        heads = _table(g.heads, q.device)
+        Hg = len(g.heads)
+        if g.kind == "fixed":
+            slices = _table(g.slices, q.device)
+            _launch("fixed_fwd", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, lse, heads, slices, *common,
+                    n, H, Hg, g.stride, max(g.summary, 1), scale * LOG2E,
+                    HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, IEEE=_ieee(q), DQK=DQK, DV=DV)
+            continue
+        for p, ps in enumerate(_seq_passes(g, n)):
+            _launch("seq_fwd", lambda bm, bn, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm) * ps["P"] * B * Hg,
+                    q, k, v, o, lse, heads, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E,
+                    EXCL=ps["EXCL"], MERGE=p > 0, IEEE=_ieee(q), DQK=DQK, DV=DV)
+    return o, lse
+
+
+def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, spec_str: str,
+             scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    B, n, H, DQK = q.shape
+    DV = v.shape[-1]
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
+    delta = torch.empty(B, H, n, dtype=torch.float32, device=q.device)
+    qkv = (*_strides(q), *_strides(k), *_strides(v))
+    for g in _groups(spec_str):
+        heads = _table(g.heads, q.device)
+        Hg = len(g.heads)
+        ieee = _ieee(q)
+        if g.kind == "fixed":
+            slices = _table(g.slices, q.device)
+            L, C = g.stride, max(g.summary, 1)
+            fx = dict(IEEE=ieee, DQK=DQK, DV=DV)
+            _launch("fixed_dq", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, do, dq, lse, delta, heads, slices,
+                    *qkv, *_strides(o), *_strides(do), *_strides(dq), n, H, Hg, L, C, scale * LOG2E, scale,
+                    HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, **fx)
+            kv_args = (*qkv, *_strides(do), *_strides(dk), *_strides(dv))
+            _launch("fixed_dkdv_own", lambda bm, bn: _cdiv(n, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta, heads, slices,
+                    *kv_args, n, H, Hg, L, C, scale * LOG2E, scale, HAS_BLOCK=g.block, **fx)
+            G = (_cdiv(n, L) - 1) * C  # summary cells with a later block to serve
+            if g.has_summary and G > 0:
+                _launch("fixed_dkdv_summary", lambda bm, bn: _cdiv(G, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta,
+                        heads, slices, *kv_args, n, H, Hg, L, C, G, scale * LOG2E, scale, **fx)
+            continue
+        for p, ps in enumerate(_seq_passes(g, n)):
+            sq = dict(EXCL=ps["EXCL"], ACCUM=p > 0, IEEE=ieee, DQK=DQK, DV=DV)
+            shape = (n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E, scale)
+            _launch("seq_dq", lambda bm, bn, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm) * ps["P"] * B * Hg,
+                    q, k, v, o, do, dq, lse, delta, heads, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **sq)
+            _launch("seq_dkdv", lambda bm, bn, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bn) * ps["P"] * B * Hg,
+                    q, k, v, do, dk, dv, lse, delta, heads, *qkv, *_strides(do), *_strides(dk), *_strides(dv), *shape, **sq)
+    return dq, dk, dv
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops: opaque to torch.compile (fake implementations give the shapes), autograd-aware
+# ------------------------------------------------------------------------------------------------
+def _last_dim_contiguous(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+@torch.library.custom_op("sparse_transformer::triton_attention", mutates_args=())
+def _attention_op(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tuple[Tensor, Tensor]:
+    return forward(_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), spec_str, scale)
+
+
+@_attention_op.register_fake
+def _(q, k, v, spec_str, scale):
+    B, n, H, _ = q.shape
+    return q.new_empty(B, n, H, v.shape[-1]), q.new_empty(B, H, n, dtype=torch.float32)
+
+
+@torch.library.custom_op("sparse_transformer::triton_attention_backward", mutates_args=())
+def _attention_backward_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, spec_str: str,
+                           scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    return backward(do, _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), o, lse, spec_str, scale)
+
+
+@_attention_backward_op.register_fake
+def _(do, q, k, v, o, lse, spec_str, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, spec_str, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.spec, ctx.scale = spec_str, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = _attention_backward_op(do, q, k, v, o, lse, ctx.spec, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# The backend interface
+# ------------------------------------------------------------------------------------------------
+def prepare(heads: tuple, n: int, device) -> str:
+    """The layer's spec (independent of n: the kernels take the length from the tensors)."""
+    return spec(heads)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float, prepared: str | None = None) -> Tensor:
+    """q, k (B, H, n, dqk), v (B, H, n, dv) — views of (B, n, H, d) tensors, as the layer makes
+    them — to (B, H, n, dv), a view of a (B, n, H, dv) tensor (the layer's merge of heads is free)."""
+    if prepared is None:
+        why = unsupported(heads, (q.shape[-1], v.shape[-1]), q.dtype, q.device)
+        if why:
+            raise ValueError(f"attention.backend 'triton' cannot run {why}; use flex or auto")
+        prepared = spec(heads)
+    o, _ = torch.ops.sparse_transformer.triton_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                         prepared, float(scale))
+    return o.transpose(1, 2)
+
+
+def attend_with_lse(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float) -> tuple[Tensor, Tensor]:
+    """(o (B, H, n, dv), lse (B, H, n)) — for tests of the merged statistics."""
+    o, lse = torch.ops.sparse_transformer.triton_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                           spec(heads), float(scale))
+    return o.transpose(1, 2), lse
