@@ -3,4 +3,4 @@
 PRIMITIVES = ("dense", "local", "stride", "block", "summary")
 PAIRS = {"strided": ("local", "stride"), "fixed": ("block", "summary")}
 INTEGRATIONS = ("interleaved", "merged", "multihead")
-BACKENDS = ("auto", "reference", "blocked", "sdpa", "flex")
+BACKENDS = ("auto", "reference", "blocked", "sdpa", "flex", "triton")

@@ -39,7 +39,7 @@ class SparseAttention(nn.Module):
         self.k = nn.Linear(d_model, d_qk)
         self.v = nn.Linear(d_model, d_model)
         self.proj = nn.Linear(d_model, d_model)
-        self._prepared: dict = {}  # (n, device) -> (backend attend, its precomputed state)
+        self._prepared: dict = {}  # (n, device, backend) -> (backend attend, its precomputed state)
 
     @property
     def scale(self) -> float:
@@ -56,7 +56,7 @@ class SparseAttention(nn.Module):
         position, whose keys and values the cache keeps (see ``new_cache``)."""
         q, k, v = self.split_heads(x)
         if cache is None:
-            key = (x.shape[1], x.device.type, x.device.index)
+            key = (x.shape[1], x.device.type, x.device.index, self.backend)
             attend, state = self._prepared[key] if key in self._prepared else self.prepare(x.shape[1], x.device)
             y = attend(q, k, v, self.heads, self.scale, prepared=state) if state is not None else attend(q, k, v, self.heads, self.scale)
         else:
@@ -72,13 +72,14 @@ class SparseAttention(nn.Module):
         """The backend and its plan for length n on ``device``, kept on the layer so a compiled
         forward only reads them: ``SparseTransformer.forward`` calls this before its blocks run."""
         device = torch.device(device)
-        key = (n, device.type, device.index)
+        key = (n, device.type, device.index, self.backend)  # set_backend must not reuse another backend's plan
         if key not in self._prepared:
             if len(self._prepared) >= 16:  # many lengths (a caller growing a prefix): keep the newest
                 self._prepared.pop(next(iter(self._prepared)))
             if len(self.heads) != self.n_head:
                 raise PatternError(f"heads describes {len(self.heads)} heads but the layer has {self.n_head}")
-            self._prepared[key] = backends.prepare(self.heads, n, device, self.backend)
+            dims = (self.d_qk // self.n_head, self.d_model // self.n_head)
+            self._prepared[key] = backends.prepare(self.heads, n, device, self.backend, dims)
         return self._prepared[key]
 
     def new_cache(self, batch: int, n: int, planner: Planner, *, device=None, dtype=None) -> KVCache:

@@ -124,17 +124,25 @@ def unsupported(heads: tuple, dims: tuple[int, int] | None = None, dtype: torch.
     return None
 
 
-def spec(heads: tuple) -> str:
-    """A layer's plan as the string the custom ops take (hashable, a constant to torch.compile)."""
+def spec(heads: tuple, fallback: bool = False) -> str:
+    """A layer's plan as the string the custom ops take (hashable, a constant to torch.compile).
+    ``fallback`` (backend ``auto``): inputs of a dtype the kernels do not take run elsewhere."""
     p = plan(heads)
     if isinstance(p, str):
         raise ValueError(f"attention.backend 'triton' cannot run {p}; use flex or auto")
-    return json.dumps([asdict(g) for g in p], separators=(",", ":"))
+    return json.dumps({"groups": [asdict(g) for g in p], "fallback": bool(fallback)}, separators=(",", ":"))
 
 
 @lru_cache(maxsize=256)
+def _spec(spec_str: str) -> tuple[tuple[Group, ...], bool]:
+    """(groups, fallback) of a prepared spec string."""
+    d = json.loads(spec_str)
+    groups = tuple(Group(**{**g, "heads": tuple(g["heads"]), "slices": tuple(g["slices"])}) for g in d["groups"])
+    return groups, d["fallback"]
+
+
 def _groups(spec_str: str) -> tuple[Group, ...]:
-    return tuple(Group(**{**g, "heads": tuple(g["heads"]), "slices": tuple(g["slices"])}) for g in json.loads(spec_str))
+    return _spec(spec_str)[0]
 
 
 _tables: dict = {}
@@ -153,6 +161,32 @@ def _table(values: tuple, device: torch.device) -> Tensor:
 # Kernel launch: autotuned on a GPU, fixed small tiles under the interpreter
 # ------------------------------------------------------------------------------------------------
 INTERPRET_TILES = (16, 16)  # (BM, BN) under TRITON_INTERPRET; tests vary it to cross tile edges
+# Autotuning candidates (BM, BN, warps, stages), chosen by SPARSE_TRANSFORMER_TRITON_CONFIGS:
+# ``tuned`` (default) the few that won somewhere in bench/tune_kernels.py on an H200; ``one`` the
+# first of those (no tuning: GPU tests, fast start); ``wide`` the sweep that picked them.
+_WIDE = [(32, 32, 2, 3), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3),
+         (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3)]
+_TUNED_FWD = [(64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 3), (32, 32, 2, 3)]
+_TUNED_BWD = [(64, 64, 4, 2), (64, 64, 8, 3), (32, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (32, 32, 2, 2)]
+CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]),
+               "wide": dict(fwd=_WIDE, bwd=_WIDE)}
+
+
+def _patch_interpreter() -> None:
+    """Triton 3.6's interpreter turns a scalar into a loop bound with ``int(array)``, which NumPy
+    >= 2.4 refuses for its 1-element arrays; read the element instead (interpreter only)."""
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_sparse_transformer_patched", False) or not hasattr(interpreter, "_patch_lang_tensor"):
+        return
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+    interpreter._sparse_transformer_patched = True
 
 
 def _patch_interpreter() -> None:
@@ -175,6 +209,10 @@ def _patch_interpreter() -> None:
 @lru_cache(maxsize=None)
 def _kernels():
     import triton
+    import triton.testing
+
+    if interpreting():
+        _patch_interpreter()
 
     if interpreting():
         _patch_interpreter()
@@ -184,15 +222,23 @@ def _kernels():
     def cfg(bm, bn, w, s):
         return triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
 
-    fwd = [cfg(64, 64, 4, 3), cfg(128, 64, 4, 3), cfg(128, 64, 8, 3), cfg(64, 32, 4, 3), cfg(128, 128, 8, 3), cfg(32, 32, 2, 3)]
-    bwd = [cfg(64, 64, 4, 2), cfg(64, 64, 8, 3), cfg(32, 64, 4, 2), cfg(64, 32, 4, 2), cfg(128, 64, 8, 2), cfg(32, 32, 2, 2)]
+    configs = os.environ.get("SPARSE_TRANSFORMER_TRITON_CONFIGS", "tuned")
+    if configs not in CONFIG_SETS:
+        raise ValueError(f"SPARSE_TRANSFORMER_TRITON_CONFIGS={configs} is unknown; valid: {', '.join(CONFIG_SETS)}")
+    fwd = [cfg(*c) for c in CONFIG_SETS[configs]["fwd"]]
+    bwd = [cfg(*c) for c in CONFIG_SETS[configs]["bwd"]]
     seq_key = ["n", "H", "RS", "W", "DQK", "DV", "EXCL"]
     fixed_key = ["n", "H", "L", "C", "DQK", "DV", "HAS_BLOCK"]
+
+    def bench(kernel_call, quantiles):  # shorter than Triton's default (25 + 100 ms per candidate): ms-scale kernels
+        return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
 
     def tune(fn, configs, key, restore=()):
         if interpreting():
             return fn
-        return triton.autotune(configs=configs, key=key, restore_value=list(restore))(fn)
+        # cache_results: a second process on the machine (tests, then a bench) reuses the choice
+        return triton.autotune(configs=configs, key=key, restore_value=list(restore), do_bench=bench,
+                               cache_results=True)(fn)
 
     return dict(
         seq_fwd=tune(K._seq_fwd, fwd, seq_key + ["MERGE"], ("O", "LSE")),
@@ -349,19 +395,34 @@ _attention_op.register_autograd(_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------------------------------------
 # The backend interface
 # ------------------------------------------------------------------------------------------------
-def prepare(heads: tuple, n: int, device) -> str:
+def prepare(heads: tuple, n: int, device, fallback: bool = False) -> str:
     """The layer's spec (independent of n: the kernels take the length from the tensors)."""
-    return spec(heads)
+    return spec(heads, fallback)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float, prepared: str | None = None) -> Tensor:
+def _fallback(q, k, v, heads, scale, why: str) -> Tensor:
+    from ..patterns import warn_once
+    from . import _flex_usable, blocked, flex
+
+    name = "flex" if _flex_usable(q.device) else "blocked"
+    warn_once(("triton-fallback", why, name), f"attention.backend=auto: the triton kernels do not run {why}; using {name}")
+    return (flex if name == "flex" else blocked).attend(q, k, v, heads, scale)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float, prepared: str | None = None,
+           fallback: bool = False) -> Tensor:
     """q, k (B, H, n, dqk), v (B, H, n, dv) — views of (B, n, H, d) tensors, as the layer makes
     them — to (B, H, n, dv), a view of a (B, n, H, dv) tensor (the layer's merge of heads is free)."""
     if prepared is None:
-        why = unsupported(heads, (q.shape[-1], v.shape[-1]), q.dtype, q.device)
+        why = unsupported(heads, (q.shape[-1], v.shape[-1]), device=q.device)
         if why:
             raise ValueError(f"attention.backend 'triton' cannot run {why}; use flex or auto")
-        prepared = spec(heads)
+        prepared = spec(heads, fallback)
+    if q.dtype not in DTYPES or not (q.dtype == k.dtype == v.dtype):
+        why = f"dtype {q.dtype} (fp16, bf16 or fp32, the same for q, k and v)"
+        if _spec(prepared)[1]:
+            return _fallback(q, k, v, heads, scale, why)
+        raise ValueError(f"attention.backend 'triton' cannot run {why}; use flex or auto")
     o, _ = torch.ops.sparse_transformer.triton_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                          prepared, float(scale))
     return o.transpose(1, 2)

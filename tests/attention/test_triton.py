@@ -1,0 +1,218 @@
+"""The triton backend's kernels against the float64 reference: forward, the log-sum-exp, and
+dq/dk/dv, on fresh random inputs of every pattern family, head dims d_qk != d_v, lengths that are
+not multiples of l or of the tiles, and empty rows (exactly 0, zero gradient).
+
+On a CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 when
+there is no GPU), at small sizes and small tiles, so CI checks the kernels' arithmetic and masks;
+on a GPU the same checks run compiled, autotuned, at the head dims and dtypes the models use."""
+
+import math
+
+import pytest
+import torch
+
+from sparse_transformer.attention import attend, layer_heads, pattern_mask
+from sparse_transformer.attention.backends import PatternError, check, resolve
+from sparse_transformer.attention.backends import triton as tb
+from sparse_transformer.model import NetConfig, SparseTransformer
+from tests.helpers import rel_err
+
+pytestmark = [pytest.mark.filterwarnings("ignore"),
+              pytest.mark.skipif(not tb.available(), reason="needs Triton (and a GPU or TRITON_INTERPRET=1)")]
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (pattern, layer_heads keywords, layer index) covering every kernel family and head grouping
+CASES = {
+    "local": ("local", {}, 0),
+    "stride": ("stride", {}, 0),
+    "strided-merged": ("strided", dict(integration="merged"), 0),
+    "strided-multihead": ("strided", dict(integration="multihead"), 0),  # a band group and a stride group
+    "fixed-merged-slices": ("fixed", dict(summary=2, summary_heads=2, integration="merged"), 0),
+    "summary-only": ("summary", dict(summary=2, summary_heads=2), 0),
+    "block-only": ("fixed", dict(summary=2, integration="interleaved"), 0),
+    "fixed-multihead": ("fixed", dict(summary=2, summary_heads=2, integration="multihead"), 0),
+}
+
+
+def _grads(heads, n, dtype, dk, dv, B=1, seed=0, device=DEV, scale_q=1.0):
+    """(out, dq, dk, dv) of the triton backend and of the float64 reference on the same rounded inputs."""
+    H = len(heads)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, n, H, d, generator=g) for d in (dk, dk, dv))
+    q = q * scale_q
+    leaves = [t.to(device, dtype).requires_grad_() for t in (q, k, v)]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    out = attend(*[t.transpose(1, 2) for t in leaves], heads, backend="triton")
+    ref = attend(*[t.transpose(1, 2) for t in ref_leaves], heads, backend="reference")
+    go = torch.randn(ref.shape, generator=g, dtype=torch.float64).to(device)
+    got = torch.autograd.grad(out, leaves, go.to(dtype))
+    want = torch.autograd.grad(ref, ref_leaves, go)
+    return (out, *got), (ref, *want)
+
+
+def _errors(heads, n, dtype, dk, dv, **kw):
+    got, want = _grads(heads, n, dtype, dk, dv, **kw)
+    assert all(torch.isfinite(x).all() for x in got)
+    return [rel_err(a, b) for a, b in zip(got, want)]
+
+
+@pytest.fixture
+def tiles():
+    """Set the interpreter's (BM, BN) for one test (the GPU autotunes its own)."""
+    old = tb.INTERPRET_TILES
+
+    def set_(bm, bn):
+        tb.INTERPRET_TILES = (bm, bn)
+
+    yield set_
+    tb.INTERPRET_TILES = old
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes; the GPU test below covers the GPU")
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernels_match_the_float64_reference_fp32(case, tiles):
+    pattern, kw, layer = CASES[case]
+    tiles(16, 32) if case.startswith("fixed") else tiles(32, 16)  # BM != BN: rows and keys cross tile edges differently
+    heads = layer_heads(pattern, 2, 8, layer=layer, **kw)
+    errs = _errors(heads, 45, torch.float32, 16, 32, seed=hash(case) % 1000)  # 45: not a multiple of l = 8 or a tile
+    assert max(errs) < 1e-5, errs
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
+@pytest.mark.parametrize("case", ["strided-merged", "fixed-merged-slices"])
+def test_kernels_fp16_and_square_tiles(case, tiles):
+    pattern, kw, layer = CASES[case]
+    tiles(16, 16)
+    heads = layer_heads(pattern, 2, 8, layer=layer, **kw)
+    errs = _errors(heads, 40, torch.float16, 32, 16, B=2, seed=3)
+    assert max(errs) < 2e-3, errs
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
+def test_stride_longer_than_one_tile_and_wide_band(tiles):
+    """Residue sequences of several tiles (n/l = 20 rows with 16-row tiles) and a band of several
+    key tiles (l = 40): the loops' bounds, not just one tile."""
+    tiles(16, 16)
+    for pattern, l in (("stride", 4), ("local", 40), ("strided", 4)):
+        heads = layer_heads(pattern, 1, l, integration="merged")
+        assert max(_errors(heads, 80, torch.float32, 16, 16, seed=l)) < 1e-5, pattern
+
+
+def test_empty_rows_are_exactly_zero_with_zero_gradient(tiles):
+    """A summary-only head: the first block's rows before its slice attend nothing."""
+    tiles(16, 16)
+    n, l, c = 40, 8, 2
+    heads = layer_heads("summary", 2, l, summary=c, summary_heads=2)
+    got, want = _grads(heads, n, torch.float32, 16, 16, seed=5)
+    mask = torch.stack([pattern_mask("summary", n, l, summary=c, head=h, summary_heads=2) for h in range(2)])
+    empty = ~mask.any(-1)  # (H, n)
+    assert empty.any()
+    out, dq = got[0], got[1]
+    assert (out.transpose(1, 2)[0][empty.T] == 0).all() and (out[0][empty] == 0).all()
+    assert (dq[0].transpose(0, 1)[empty] == 0).all()
+    assert max(rel_err(a, b) for a, b in zip(got, want)) < 1e-5
+
+
+def test_merged_log_sum_exp_is_the_unions_even_at_large_logits(tiles):
+    """The strided epilogue merges the band's and the column's softmax: its lse is the union's,
+    and logits of ~1e3 (no running maximum would overflow exp) stay finite and exact."""
+    tiles(16, 16)
+    n, l = 48, 8
+    heads = layer_heads("strided", 2, l, integration="merged")
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, n, 2, 16, generator=g).to(DEV) for _ in range(3))
+    q = q * 40.0  # scores up to ~1e3
+    o, lse = tb.attend_with_lse(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), heads, 0.25)
+    s = torch.einsum("bihd,bjhd->bhij", q.double(), k.double()) * 0.25
+    m = torch.stack([pattern_mask("strided", n, l) for _ in range(2)]).to(DEV)
+    want = torch.logsumexp(s.masked_fill(~m, float("-inf")), -1)
+    assert torch.isfinite(o).all()
+    assert rel_err(lse, want) < 1e-6
+    ref = attend(*(x.double().transpose(1, 2) for x in (q, k, v)), heads, backend="reference", scale=0.25)
+    assert rel_err(o, ref) < 1e-5
+
+
+def test_a_model_on_triton_matches_the_reference_model_and_compiles_in_one_graph(tiles):
+    """The whole network (strided layout + fixed) with the kernels as custom ops: same logits and
+    gradients as the reference backend, and torch.compile(fullgraph=True) traces it (0 breaks)."""
+    tiles(16, 16)
+    torch.manual_seed(0)
+    for cfg in (NetConfig(n_layer=2, n_head=2, d_model=32, shape=(5, 8), pattern="strided", stride=8,
+                          layout=["stride", "local"], backend="triton"),
+                NetConfig(n_layer=1, n_head=2, d_model=64, shape=(5, 8), pattern="fixed", stride=8, summary=2,
+                          summary_heads=2, integration="merged", qk_ratio=0.5, backend="triton")):
+        net = SparseTransformer(cfg).to(DEV)
+        for blk in net.blocks:  # non-zero heads so gradients reach the attention
+            torch.nn.init.normal_(blk.attn.proj.weight, std=0.1)
+        torch.nn.init.normal_(net.head.weight, std=0.1)
+        ref = SparseTransformer(NetConfig(**{**cfg.__dict__, "backend": "reference"})).to(DEV).double()
+        ref.load_state_dict(net.state_dict())
+        x = torch.randint(0, 256, (2, 40), device=DEV)
+        y = net(x)
+        r = ref(x)
+        assert rel_err(y, r) < 1e-5
+        y.square().mean().backward()
+        r.square().mean().backward()
+        for (name, p), pr in zip(net.named_parameters(), ref.parameters()):
+            if name.endswith("attn.k.bias"):  # exactly 0 (softmax ignores a shift of every score): compare its size
+                assert p.grad.abs().max() < 1e-8, name
+            else:
+                assert rel_err(p.grad, pr.grad) < 1e-4, name
+        net.prepare(40, x.device)
+        torch._dynamo.reset()
+        compiled = torch.compile(net, fullgraph=True, backend="aot_eager")  # a graph break would raise
+        assert rel_err(compiled(x), r) < 1e-5
+
+
+def test_what_the_kernels_take_and_what_auto_does():
+    strided = layer_heads("strided", 4, 8, integration="merged")
+    groups = tb.plan(layer_heads("fixed", 4, 8, summary=2, summary_heads=2, integration="multihead"))
+    assert [(g.kind, g.heads, g.block, g.has_summary, g.slices) for g in groups] == [
+        ("fixed", (0, 1), True, False, (0, 0)), ("fixed", (2, 3), False, True, (0, 1))]
+    assert tb.unsupported(strided, (16, 32)) is None
+    assert "head dims 48" in tb.unsupported(strided, (48, 48))
+    assert "dense" in tb.unsupported(layer_heads("dense", 2, 8))
+    # an explicit backend that cannot run gets one line naming the key and what is valid
+    with pytest.raises(PatternError, match=r"attention.backend=triton cannot run head dims 24.*use attention.backend=auto"):
+        check("triton", strided, (24, 24), torch.device(DEV))
+    assert resolve("auto", strided, torch.device("cpu"), (16, 16)) == "blocked"  # auto never picks triton off a GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-2), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("dims", [(32, 32), (64, 64), (128, 128), (64, 128)])
+@pytest.mark.parametrize("case", list(CASES))
+def test_gpu_kernels_match_the_float64_reference(case, dims, dtype, tol):
+    pattern, kw, layer = CASES[case]
+    kw = {**kw, "summary": 32, "summary_heads": 4} if "summary" in kw else kw
+    heads = layer_heads(pattern, 4, 128, layer=layer, **kw)
+    n = 1000 if dims != (64, 64) else 1408  # not a multiple of l = 128; 1408 = 11 l
+    errs = _errors(heads, n, dtype, *dims, B=2, seed=dims[0] + n)
+    assert max(errs) < tol, errs
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_backward_is_deterministic_and_cuda_graphs_capture_it():
+    heads = layer_heads("strided", 8, 64, integration="merged")
+    q, k, v = (torch.randn(2, 4096, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    go = torch.randn(2, 8, 4096, 64, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), heads, backend="triton")
+        return (out, *torch.autograd.grad(out, (q, k, v), go))
+
+    first, second = step(), step()  # the first call autotunes
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(captured, first))
