@@ -82,7 +82,7 @@ def test_the_model_prepares_every_layer_and_its_blocks_compile_whole():
     idx = torch.randint(0, 256, (2, 192))
     with torch.no_grad():
         out = net(idx)
-        assert all((192, "cpu", None) in blk.attn._prepared for blk in net.blocks)
+        assert all((192, "cpu", None, "flex") in blk.attn._prepared for blk in net.blocks)
         assert rel_err(out, ref(idx)) < 1e-5
         net(idx)
     assert sum(counters["graph_break"].values()) == 0
