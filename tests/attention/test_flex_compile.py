@@ -132,6 +132,6 @@ def test_prepared_plans_are_bounded_and_not_pickled():
     lay = SparseAttention(32, 2, layer_heads("fixed", 2, 16, summary=4, integration="merged"), backend="flex")
     for n in range(64, 64 + 20 * 16, 16):
         lay.prepare(n, "cpu")
-    assert len(lay._prepared) == 16 and (64 + 19 * 16, "cpu", None) in lay._prepared  # the newest kept
+    assert len(lay._prepared) == 16 and (64 + 19 * 16, "cpu", None, "flex") in lay._prepared  # the newest kept
     copy = pickle.loads(pickle.dumps(lay))  # ddp_spawn pickles the model; mask functions are local closures
     assert copy._prepared == {} and torch.equal(copy.q.weight, lay.q.weight)
