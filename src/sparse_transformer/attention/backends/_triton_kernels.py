@@ -46,15 +46,16 @@ def _dot(a, b, IEEE: tl.constexpr):
 @triton.jit
 def _seq_problem(pid, n, Hg, RS, P, BLOCK: tl.constexpr, HEADS):
     """(tile, b, h, r, len_r) of program ``pid``: tiles vary fastest (neighbouring q tiles share
-    K/V in L2), then the residue r (neighbouring residues share DRAM pages), then head, batch."""
+    K/V in L2), then the head (a position's heads are adjacent in memory: programs running together
+    read whole rows of (B, n, H, d)), then the residue r, then the batch."""
     maxlen = tl.cdiv(n, RS)
     NT = tl.cdiv(maxlen, BLOCK)
     tile = pid % NT
     rest = pid // NT
-    r = rest % P
-    rest = rest // P
     hh = rest % Hg
-    b = rest // Hg
+    rest = rest // Hg
+    r = rest % P
+    b = rest // P
     h = tl.load(HEADS + hh)
     len_r = (n - r + RS - 1) // RS
     return tile, b, h, r, len_r
