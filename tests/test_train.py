@@ -67,3 +67,16 @@ def test_training_on_a_gpu_with_mixed_precision_and_clipping(tmp_path, precision
                          f"optim.grad_clip={clip}", "trainer.max_steps=20", "optim.warmup_steps=5", "optim.lr=3e-3"))
     assert summary["steps"] == 20
     assert math.isfinite(summary["val_bpd_end"]) and summary["val_bpd_end"] < summary["val_bpd_start"] - 0.5
+
+
+@pytest.mark.parametrize("backend", ["flex", "triton"])
+def test_an_explicit_backend_that_cannot_run_here_is_one_line_before_anything_is_written(tmp_path, backend, capsys,
+                                                                                         monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the tests' interpreter would let triton run on a CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        main(_args(tmp_path, f"attention.backend={backend}"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: attention.backend={backend}") and "attention.backend=auto" in err[0]
+    assert not (tmp_path / "run").exists()

@@ -161,6 +161,30 @@ def check_runtime(cfg) -> None:
         raise LaunchError("trainer.strategy=fsdp needs a GPU and none is available; use ddp (gloo on CPU) or auto")
     if not gpu and str(t.precision) == "16-mixed":
         raise LaunchError("trainer.precision=16-mixed needs a GPU and none is available; use bf16-mixed or 32")
+    check_backend(cfg, torch.device("cuda" if gpu else "cpu"))
+
+
+def check_backend(cfg, device) -> None:
+    """An attention.backend named explicitly must run every layer here (auto always finds one)."""
+    from .attention import layer_heads
+    from .attention.backends import check
+    from .attention.patterns import PatternError
+
+    m, a = cfg.model, cfg.attention
+    if a.backend == "auto":
+        return
+    dims = (int(round(m.d_model * m.qk_ratio)) // m.n_head, m.d_model // m.n_head)
+    seen = set()
+    for layer in range(m.n_layer):
+        heads = layer_heads(a.pattern, m.n_head, a.stride, layer=layer, summary=a.summary, summary_heads=a.summary_heads,
+                            integration=a.integration, layout=list(a.layout) if a.layout else None)
+        key = tuple(tuple(p.key() for p in parts) for parts in heads)
+        if key not in seen:
+            seen.add(key)
+            try:
+                check(a.backend, heads, dims, device)
+            except PatternError as e:
+                raise LaunchError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> dict:
