@@ -148,3 +148,34 @@ def test_inputs_shorter_than_the_first_summary_cell(n):
     for t in (q, k, v):  # no key anywhere: zero (or no) gradient, never NaN
         assert t.grad is None or (t.grad == 0).all() or n == 13
         assert t.grad is None or torch.isfinite(t.grad).all()
+
+
+def test_fp16_scores_of_large_inputs_do_not_overflow():
+    """q = k = 100 at head dim 16: q·k = 160,000 > fp16's 65,504. Scores are formed in fp32 (as
+    the paper's fp16 kernels do): reference, blocked (forward and backward) and the KV cache stay
+    finite and match float64."""
+    from sparse_transformer.attention.layer import SparseAttention
+    from sparse_transformer.attention.cache import Planner
+
+    heads = layer_heads("strided", 2, 8, integration="merged")
+    g = torch.Generator().manual_seed(0)
+    q, k = (100 + torch.rand(1, 2, 24, 16, generator=g) for _ in range(2))
+    v = torch.randn(1, 2, 24, 16, generator=g)
+    want = attend(q.double(), k.double(), v.double(), heads, backend="reference")
+    for backend in ("reference", "blocked"):
+        leaves = [t.half().requires_grad_() for t in (q, k, v)]
+        out = attend(*leaves, heads, backend=backend, scale=1.0)
+        out.float().sum().backward()
+        assert torch.isfinite(out).all() and all(torch.isfinite(t.grad).all() for t in leaves), backend
+        want = attend(*(t.detach().double() for t in leaves), heads, backend="reference", scale=1.0)
+        assert rel_err(out, want) < 2e-3, backend
+    att = SparseAttention(32, 2, heads, backend="reference").half()
+    x = 30 + torch.rand(1, 24, 32, generator=g)
+    with torch.no_grad():
+        for lin in (att.q, att.k):
+            lin.weight.fill_(0.5)
+        full = att(x.half())
+        cache = att.new_cache(1, 24, Planner(24, "sparse", "cpu"), dtype=torch.float16)
+        steps = torch.cat([att(x[:, t:t + 1].half(), cache) for t in range(24)], 1)
+    assert torch.isfinite(full).all() and torch.isfinite(steps).all()
+    assert rel_err(steps, full) < 2e-3

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .backends.common import compute_dtype, group_heads, masked_softmax
+from .backends.common import group_heads, masked_softmax, scores
 from .constants import PRIMITIVES
 from .patterns import PatternError, registry_version, union_mask
 
@@ -188,7 +188,7 @@ class KVCache:
             vv = self.v[:, :, hs].index_select(0, plan.index).permute(1, 2, 0, 3)
         else:
             kk, vv = self.k[:, hs].index_select(2, plan.index), self.v[:, hs].index_select(2, plan.index)
-        s = torch.matmul(q[:, hs] * scale, kk.transpose(-1, -2)).to(compute_dtype(q.dtype))  # (B, h, 1, K)
+        s = scores(q[:, hs] * scale, kk.transpose(-1, -2))  # (B, h, 1, K)
         if plan.mask is None:
             p = torch.softmax(s, dim=-1)
         else:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..patterns import Part, Structure, registry_version, warn_once
 from . import reference
-from .common import NEG_INF, compute_dtype, merge_softmaxes, run_by_groups
+from .common import NEG_INF, compute_dtype, merge_softmaxes, run_by_groups, scores
 
 Tensor = torch.Tensor
 
@@ -184,8 +184,7 @@ class TileAttention(torch.autograd.Function):
 
     @staticmethod
     def _probs(qb, kts, masks, lse=None):
-        ct = compute_dtype(qb.dtype)
-        s = torch.cat([torch.matmul(qb, kt).to(ct) for kt in kts], -1) if len(kts) > 1 else torch.matmul(qb, kts[0]).to(ct)
+        s = torch.cat([scores(qb, kt) for kt in kts], -1) if len(kts) > 1 else scores(qb, kts[0])
         mask = torch.cat(masks, -1) if len(masks) > 1 else masks[0]
         if lse is None:  # forward, no autograd here: a masked softmax in place
             s.masked_fill_(~mask, NEG_INF)

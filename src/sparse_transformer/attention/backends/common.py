@@ -19,6 +19,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def scores(q: Tensor, kt: Tensor) -> Tensor:
+    """q @ kt in the softmax's dtype. fp16 inputs multiply in fp32, as the paper's kernels do: their
+    product overflows fp16 once |q·k| > 65504 (q = k = 100 at head dim 8 does)."""
+    if q.dtype == torch.float16:
+        return torch.matmul(q.float(), kt.float())
+    return torch.matmul(q, kt).to(compute_dtype(q.dtype))
+
+
 def masked_softmax(s: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Softmax of ``s`` over the last dim restricted to ``mask``.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..patterns import heads_mask, union_mask
-from .common import compute_dtype, masked_softmax
+from .common import masked_softmax, scores
 
 Tensor = torch.Tensor
 
@@ -16,8 +16,7 @@ Tensor = torch.Tensor
 def attend(q: Tensor, k: Tensor, v: Tensor, heads: tuple, scale: float) -> Tensor:
     n = q.shape[-2]
     mask = heads_mask(heads, n, device=q.device)  # (H, n, n)
-    ct = compute_dtype(q.dtype)
-    s = torch.matmul(q, k.transpose(-1, -2)).to(ct) * scale
+    s = scores(q, k.transpose(-1, -2)) * scale
     p, _ = masked_softmax(s, mask)
     return torch.matmul(p.to(v.dtype), v)
 
@@ -32,7 +31,6 @@ def attention_rows(q: Tensor, k: Tensor, heads: tuple, rows, scale: float) -> Te
     i = rows[:, None]
     j = torch.arange(n, device=q.device)[None, :]
     mask = torch.stack([union_mask(parts, i, j) for parts in heads])  # (H, R, n)
-    ct = compute_dtype(q.dtype)
-    s = torch.matmul(q[:, :, rows], k.transpose(-1, -2)).to(ct) * scale
+    s = scores(q[:, :, rows], k.transpose(-1, -2)) * scale
     p, _ = masked_softmax(s, mask)
     return p
