@@ -49,8 +49,11 @@ def test_backends_agree_in_layer_with_half_qk():
     assert att.d_qk == 16
     x = torch.randn(2, 40, 32, dtype=torch.float64)
     ref = att(x)
-    att.backend = "blocked"
+    att.backend = "blocked"  # a plan made for another backend must not be reused (it was: this compared ref with ref)
+    from sparse_transformer.attention.backends import blocked
+
     assert rel_err(att(x), ref) < 1e-12
+    assert att._prepared[(40, "cpu", None, "blocked")][0] is blocked.attend
 
 
 def test_attention_rows_match_full_probabilities():
