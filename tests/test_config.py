@@ -113,13 +113,14 @@ def test_an_experiment_name_cannot_leave_conf_exp(name):
 
 def test_an_escaping_experiment_exits_2_and_reads_and_writes_nothing_outside(tmp_path):
     """exp=../../../x/outside loaded a YAML outside the repository and wrote its run outside runs/."""
-    work = tmp_path / "work"
-    work.mkdir()
     outside = tmp_path / "x" / "outside.yaml"
     outside.parent.mkdir()
-    outside.write_text("trainer:\n  max_steps: 1\n")
+    outside.write_text("trainer:\n  fast_dev_run: true\n")
     rel = os.path.relpath(outside.with_suffix(""), CONF_DIR / "exp")
     assert (CONF_DIR / "exp" / f"{rel}.yaml").resolve() == outside.resolve()  # the name the bug followed
+    # deep enough that runs/<rel> (where the bug wrote) lands inside tmp_path, so the check below sees it
+    work = tmp_path.joinpath(*["w"] * rel.split("/").count(".."))
+    work.mkdir(parents=True)
     before = sorted(tmp_path.rglob("*"))
     r = subprocess.run([sys.executable, "-m", "sparse_transformer.train", f"exp={rel}", "logger.kind=none"],
                        cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
