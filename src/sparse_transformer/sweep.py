@@ -5,18 +5,22 @@
     python -m sparse_transformer.sweep agent  <id> [--count N]        start a W&B agent                     (make agent)
     python -m sparse_transformer.sweep local  <name> --trials N       run N trials here, offline            (make sweep-local)
         [--engine auto|sweeps|builtin] [--out sweeps/<name>] [--seed 0]
+    check, create and local take --allow-any-command: let the command run another program (see below)
 
 A sweep's ``command`` passes its parameters as ``key=value`` through ``${args_no_hyphens}`` to
 ``python -m sparse_transformer.train exp=<name>``: every process (every DDP rank too, where only
-rank 0 has ``wandb.config``) reads them from its command line. Parameters are config keys
-(``optim.lr``), checked against the schema before anything runs, each value through the same
-validation as the training command line.
+rank 0 has ``wandb.config``) reads them from its command line. The command must be exactly that
+(``[${env},] ${interpreter}|python|python3, -m, sparse_transformer.train``, then ``key=value`` words and
+``${args_no_hyphens}``): another program, ``${program}`` or a launcher needs ``--allow-any-command``.
+Parameters are config keys (``optim.lr``), checked against the schema before anything runs, each
+value through the same validation as the training command line.
 
 The local runner draws trials with W&B's own search engine (the ``sweeps`` package: grid, random,
 bayes) when it is importable, else with a small grid/random sampler written here; runs each trial
 as a subprocess with the command line a W&B agent would build (wandb's own macro expansion);
 reads the metric from the trial's ``summary.json``; keeps its state in ``sweeps/<name>/trials.json``
-so a restart skips finished trials; and prints a leaderboard, also written to
+so a restart skips finished trials (the file is checked: ids ``trial-<number>``, the sweep's parameters;
+a trial folder is deleted only inside the sweep folder); and prints a leaderboard, also written to
 ``sweeps/<name>/leaderboard.csv``.
 
 Everything here is torch-free: a bad sweep fails in about a second.
