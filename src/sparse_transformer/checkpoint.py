@@ -58,17 +58,17 @@ def legacy_globals():
         yield
 
 
-def _refused(e: Exception) -> str:
-    """What a ``weights_only`` load refused, from torch's multi-line message."""
+def _asks_for(e: Exception) -> str | None:
+    """The code a ``weights_only`` load refused to call or build (from torch's multi-line message),
+    or None where it refused for another reason (bytes that are not a pickle of plain data)."""
     msg = str(e)
-    m = re.search(r"GLOBAL ([\w.]+)", msg)
-    if m:
-        return f"it asks to call or build {m.group(1)}"
-    m = re.search(r"got <class '([\w.]+)'>", msg)
-    if m:
-        return f"it asks to build a {m.group(1)}"
-    m = re.search(r"WeightsUnpickler error: \s*(\S[^\n]*)", msg)
-    return f"its pickle is not plain data ({m.group(1).strip() if m else type(e).__name__})"
+    m = re.search(r"GLOBAL ([\w.]+)", msg) or re.search(r"got <class '([\w.]+)'>", msg)
+    return m.group(1) if m else None
+
+
+def _unpickler_error(e: Exception) -> str:
+    m = re.search(r"WeightsUnpickler error: \s*(\S[^\n]*)", str(e))
+    return m.group(1).strip() if m else _first_line(e)
 
 
 def load(path: str | Path, *, label: str | None = None, map_location: Any = "cpu", mmap: bool = False) -> dict:
@@ -90,10 +90,11 @@ def load(path: str | Path, *, label: str | None = None, map_location: Any = "cpu
             with legacy_globals():
                 ck = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{label} is not a readable checkpoint (UnpicklingError: {_first_line(e)})") from None
-        raise CheckpointError(f"{label} is refused: {_refused(e)} while loading, and a checkpoint holds only tensors "
-                              f"and plain values; nothing in it was run") from None
+        asks = _asks_for(e) if "Weights only load failed" in str(e) else None
+        if asks:
+            raise CheckpointError(f"{label} is refused: it asks to call or build {asks} while loading, and a checkpoint "
+                                  f"holds only tensors and plain values; nothing in it was run") from None
+        raise CheckpointError(f"{label} is not a readable checkpoint (UnpicklingError: {_unpickler_error(e)})") from None
     except Exception as e:  # truncated, not a zip or pickle, a folder, unreadable
         raise CheckpointError(f"{label} is not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from None
     check_format(ck, label)
