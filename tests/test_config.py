@@ -93,3 +93,51 @@ def test_every_experiment_resolves():
     for exp in experiments():
         cfg, _ = load_config([f"exp={exp}"])
         assert cfg.exp == exp
+
+
+# ------------------------------------------------------------------------------------------------
+# The experiment name stays inside conf/exp/
+# ------------------------------------------------------------------------------------------------
+ESCAPES = ["../../../x/outside", "../exp/default", "default/../default", "/etc/passwd", "..", ".", "a/b", "a\\b",
+           "-rf", "default.yaml/..", ""]
+
+
+@pytest.mark.parametrize("name", [n for n in ESCAPES if n])
+def test_an_experiment_name_cannot_leave_conf_exp(name):
+    with pytest.raises(ConfigError) as e:
+        load_config([f"exp={name}"])
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"exp={name} is not an experiment name")
+    assert msg.endswith(f"valid: {', '.join(experiments())}")
+
+
+def test_an_escaping_experiment_exits_2_and_reads_and_writes_nothing_outside(tmp_path):
+    """exp=../../../x/outside loaded a YAML outside the repository and wrote its run outside runs/."""
+    outside = tmp_path / "x" / "outside.yaml"
+    outside.parent.mkdir()
+    outside.write_text("trainer:\n  fast_dev_run: true\n")
+    rel = os.path.relpath(outside.with_suffix(""), CONF_DIR / "exp")
+    assert (CONF_DIR / "exp" / f"{rel}.yaml").resolve() == outside.resolve()  # the name the bug followed
+    # deep enough that runs/<rel> (where the bug wrote) lands inside tmp_path, so the check below sees it
+    work = tmp_path.joinpath(*["w"] * rel.split("/").count(".."))
+    work.mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    r = subprocess.run([sys.executable, "-m", "sparse_transformer.train", f"exp={rel}", "logger.kind=none"],
+                       cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert r.stderr.startswith(f"error: exp={rel} is not an experiment name") and "valid: bach, cifar10" in r.stderr
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_experiment_file_that_resolves_outside_conf_exp_is_refused(tmp_path, monkeypatch):
+    from sparse_transformer import config
+
+    conf = tmp_path / "conf"
+    (conf / "exp").mkdir(parents=True)
+    (conf / "exp" / "good.yaml").write_text("seed: 3\n")
+    (tmp_path / "elsewhere.yaml").write_text("seed: 4\n")
+    (conf / "exp" / "linked.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    monkeypatch.setattr(config, "CONF_DIR", conf)
+    assert load_config(["exp=good"])[0].seed == 3
+    with pytest.raises(ConfigError, match=r"^exp=linked: .*linked.yaml resolves outside conf/exp/ .*; valid: good, linked$"):
+        load_config(["exp=linked"])

@@ -38,8 +38,8 @@ def reference(data, tmp_path_factory):
     return run
 
 
-def _ckpt(run):
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+def _ckpt(run):  # weights_only: what training writes is tensors and plain values (RNG states included)
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 def _loader_position(ckpt) -> int:

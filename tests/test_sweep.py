@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -273,3 +274,120 @@ def test_two_trial_local_sweep_completes_with_a_leaderboard(tmp_path, monkeypatc
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a finished trial ran again"))
     assert sw.main(["local", path, "--trials", "2"]) == 0
     assert "finished already" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# The runner trusts neither its state file nor the sweep's command
+# ------------------------------------------------------------------------------------------------
+def _edited_state(tmp_path, monkeypatch, edit):
+    """A sweep run once (one failed trial), then its trials.json edited by ``edit(trials)``."""
+    path = make_sweep(tmp_path, {"optim.lr": {"values": [8e-3, 1e-3]}})
+    monkeypatch.setattr(subprocess, "run", FakeTrain(fail_lr=8e-3))
+    out = tmp_path / "sweeps" / "s"
+    sw.run_local(path, 1, engine="builtin", out=out, quiet=True)
+    state = json.loads((out / "trials.json").read_text())
+    edit(state["trials"])
+    (out / "trials.json").write_text(json.dumps(state))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a trial ran"))
+    return path, out, victim
+
+
+@pytest.mark.parametrize("bad_id", ["../../victim", "../victim", str("/tmp/victim"), "trial-000/../../../victim", "",
+                                    "trial-0", "trial-000\n", 7, None])
+def test_an_edited_trial_id_never_deletes_outside_the_sweep(tmp_path, monkeypatch, capsys, bad_id):
+    """trials.json with an id of ../../victim made the runner rmtree a folder outside the sweep."""
+    path, out, victim = _edited_state(tmp_path, monkeypatch, lambda trials: trials[0].update(id=bad_id))
+    before = sorted(tmp_path.rglob("*"))
+    rc = sw.main(["local", path, "--trials", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {out / 'trials.json'}: trial 0 has id {bad_id!r}; valid: trial-<number>")
+    assert (victim / "precious.txt").read_text() == "keep me" and sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.append(dict(t[0])), "trial 1 has id 'trial-000'; valid: trial-<number> (trial-000, trial-001, ...), each once"),
+    (lambda t: t[0]["params"].update({"imports": ["os"]}), "trial trial-000 has parameters ['imports', 'optim.lr'], not the sweep's ['optim.lr']"),
+    (lambda t: t[0].update(status="done"), "trial trial-000 has status 'done'; valid: running, finished, failed, invalid"),
+    (lambda t: t.__setitem__(0, "trial-000"), "trial 0 has id None"),
+])
+def test_an_edited_state_file_is_refused_in_one_line(tmp_path, monkeypatch, capsys, edit, message):
+    path, out, _ = _edited_state(tmp_path, monkeypatch, edit)
+    rc = sw.main(["local", path, "--trials", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_trial_folder_is_deleted_only_inside_the_sweep_folder(tmp_path, monkeypatch, capsys):
+    """Even with valid ids: a trial folder that is a link out of the sweep is not followed."""
+    path, out, victim = _edited_state(tmp_path, monkeypatch, lambda trials: None)
+    shutil.rmtree(out / "trial-000")
+    (out / "trial-000").symlink_to(victim, target_is_directory=True)
+    rc = sw.main(["local", path, "--trials", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"refusing to delete {out / 'trial-000'}: it resolves to {victim}" in err
+    assert (victim / "precious.txt").read_text() == "keep me"
+    for target in (victim, out, out / ".." / "victim"):
+        with pytest.raises(sw.SweepError, match="refusing to delete"):
+            sw.remove_trial_folder(target, out)
+    assert (victim / "precious.txt").exists()
+
+
+EVIL_COMMANDS = {
+    "token-smuggled": ["touch", "{pwned}", "sparse_transformer.train", "exp=default", "${args_no_hyphens}"],
+    "program": ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"],
+    "shell": ["bash", "-c", "touch {pwned}", "sparse_transformer.train", "${args_no_hyphens}"],
+    "other-module": ["${env}", "${interpreter}", "-m", "sparse_transformer.sample", "${args_no_hyphens}"],
+    "script-first": ["${interpreter}", "evil.py", "-m", "sparse_transformer.train", "${args_no_hyphens}"],
+    "extra-flag": ["${interpreter}", "-m", "sparse_transformer.train", "--cfg", "${args_no_hyphens}"],
+    "trailing-program": ["${interpreter}", "-m", "sparse_transformer.train", "${args_no_hyphens}", "${program}"],
+    "launcher": ["${env}", "torchrun", "--standalone", "-m", "sparse_transformer.train", "exp=default", "${args_no_hyphens}"],
+}
+
+
+@pytest.mark.parametrize("name", list(EVIL_COMMANDS))
+def test_a_sweep_command_must_run_the_train_module_through_the_interpreter(tmp_path, monkeypatch, capsys, name):
+    pwned = tmp_path / "pwned"
+    command = [c.replace("{pwned}", str(pwned)) for c in EVIL_COMMANDS[name]]
+    path = make_sweep(tmp_path, {"optim.lr": {"values": [1e-3]}}, command=command, program="evil.py")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a trial ran"))
+    for argv in (["check", path], ["local", path, "--trials", "1", "--out", str(tmp_path / "o")]):
+        assert sw.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: {path}: command {' '.join(command)!r} does not run "
+                                                       f"this project's training; valid: [${{env}}, ${{interpreter}}, -m, "
+                                                       f"sparse_transformer.train"), err
+        assert err.strip().endswith("or pass --allow-any-command to run another program")
+    assert not pwned.exists() and not (tmp_path / "o").exists()
+
+
+def test_allow_any_command_is_an_explicit_opt_in(tmp_path, monkeypatch, capsys):
+    command = EVIL_COMMANDS["launcher"]
+    path = make_sweep(tmp_path, {"optim.lr": {"values": [1e-3]}}, command=command)
+    fake = FakeTrain()
+    monkeypatch.setattr(subprocess, "run", fake)
+    assert sw.main(["check", path]) == 2
+    assert sw.main(["check", path, "--allow-any-command"]) == 0
+    assert sw.main(["local", path, "--trials", "1", "--out", str(tmp_path / "o"), "--allow-any-command"]) == 0
+    assert fake.commands == [["/usr/bin/env", "torchrun", "--standalone", "-m", "sparse_transformer.train", "exp=default",
+                              "optim.lr=0.001"]]
+    for good in (["${interpreter}", "-m", "sparse_transformer.train", "${args}"],
+                 ["python3", "-m", "sparse_transformer.train", "exp=default", "trainer.max_steps=3", "${args_no_hyphens}"]):
+        sw.check_command(good, "x")
+
+
+@pytest.mark.parametrize("exp", ["../../../x/outside", "/etc/passwd", "a/b"])
+def test_a_sweep_command_cannot_name_an_experiment_outside_conf_exp(tmp_path, monkeypatch, capsys, exp):
+    command = ["${env}", "${interpreter}", "-m", "sparse_transformer.train", f"exp={exp}", "${args_no_hyphens}"]
+    path = make_sweep(tmp_path, {"optim.lr": {"values": [1e-3]}}, command=command)
+    assert sw.main(["check", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"command runs exp={exp}, but that is not an experiment name (a file in conf/exp/)" in err
+
+
+def test_a_sweep_name_stays_inside_conf_sweep(capsys):
+    assert sw.main(["check", "../exp/default"]) == 2
+    assert "is neither a .yaml file nor a sweep name in conf/sweep/" in capsys.readouterr().err

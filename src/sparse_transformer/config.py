@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -370,6 +371,26 @@ def experiments() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml"))
 
 
+EXP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def experiment_path(name: str) -> Path:
+    """``conf/exp/<name>.yaml``. ConfigError unless ``name`` is a plain file name there (letters,
+    digits, ``_ . -``; no separators, no ``..``) whose file exists and resolves inside conf/exp/:
+    an experiment name never reads a YAML from elsewhere, nor names a run folder outside runs/<exp>."""
+    folder = CONF_DIR / "exp"
+    valid = ", ".join(experiments())
+    if not EXP_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"exp={name} is not an experiment name (the name of a file in conf/exp/, without .yaml: "
+                          f"letters, digits, _ . -); valid: {valid}")
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"experiment exp={name} does not exist: valid: {valid}")
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(f"exp={name}: {path} resolves outside conf/exp/ ({path.resolve()}); valid: {valid}")
+    return path
+
+
 # ------------------------------------------------------------------------------------------------
 # Command line -> merged config
 # ------------------------------------------------------------------------------------------------
@@ -455,9 +476,7 @@ def load_config(argv: list[str] | None = None, *, validate: bool = True) -> tupl
         y = _load_yaml(base, "config file")
         _check_keys(_leaf_keys(OmegaConf.to_container(y)), str(base))
         layers.append(y)
-    exp_path = CONF_DIR / "exp" / f"{exp}.yaml"
-    if not exp_path.exists():
-        raise ConfigError(f"experiment exp={exp} does not exist: valid: {', '.join(experiments())}")
+    exp_path = experiment_path(exp)  # inside conf/exp/ only
     y = _load_yaml(exp_path, "experiment")
     _check_keys(_leaf_keys(OmegaConf.to_container(y)), str(exp_path))
     layers.append(y)

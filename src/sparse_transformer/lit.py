@@ -152,8 +152,25 @@ class SparseTransformerLM(L.LightningModule):
 
 
 def load_checkpoint(path: str, *, backend: str | None = None, map_location="cpu") -> SparseTransformerLM:
-    """Load a trained model; ``backend`` runs its attention elsewhere (e.g. flex-trained on blocked)."""
-    lit = SparseTransformerLM.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    """Load a trained model; ``backend`` runs its attention elsewhere (e.g. flex-trained on blocked).
+
+    Through the one safe loader (checkpoint.py, ``weights_only``): a file that asks to run code, an
+    unreadable file or one from a newer format raises ``CheckpointError`` (one line) and nothing in
+    it runs. Modules named in the checkpoint's ``imports`` are not imported: import them first."""
+    from .checkpoint import CheckpointError, load
+
+    ck = load(path, label=f"checkpoint {path}", map_location=map_location)
+    hp = ck.get("hyper_parameters")
+    if not isinstance(hp, dict) or not isinstance(hp.get("config"), dict) or "shape" not in hp \
+            or not isinstance(ck.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {path} is not a sparse-transformer checkpoint "
+                              f"(no hyper_parameters.config, shape and state_dict)")
+    lit = SparseTransformerLM(hp["config"], list(hp["shape"]))  # what load_from_checkpoint does, from the one loader
+    lit.on_load_checkpoint(ck)
+    lit.load_state_dict(ck["state_dict"])
+    device = next((t.device for t in ck["state_dict"].values() if isinstance(t, torch.Tensor)), None)
+    if device is not None:
+        lit = lit.to(device)
     if backend:
         lit.net.set_backend(backend)
     return lit

@@ -152,7 +152,12 @@ def checkpoint_config(ckpt: str, saved: dict, overrides: list[str]):
 
     Raises ConfigError naming what differs: keys this version does not know (or architecture keys
     it lacks), values that do not fit the schema, or architecture values the command line contradicts.
+
+    ``imports`` named in the checkpoint are not imported (a file must not choose what code runs):
+    only the command line's ``imports=[...]`` are; a checkpoint that needs its own is told so.
     """
+    saved = dict(saved)
+    named = list(saved.pop("imports", None) or [])
     known = set(field_docs())
     have = set(_leaf_keys(saved))
     unknown = sorted(k for k in have - known if not any(k.startswith(p + ".") for p in known))
@@ -171,7 +176,14 @@ def checkpoint_config(ckpt: str, saved: dict, overrides: list[str]):
              for key in ARCH_KEYS if key in given and _fmt(OmegaConf.select(cfg, key)) != _fmt(OmegaConf.select(merged, key))]
     if diffs:
         raise ConfigError(f"ckpt={ckpt} is from another config: {'; '.join(diffs)} (drop the override: the checkpoint fixes the network)")
-    check(merged)
+    try:
+        check(merged)
+    except ConfigError as e:
+        missing = [m for m in named if m not in list(merged.imports)]
+        if missing:
+            raise ConfigError(f"{e} (the checkpoint names imports={_fmt(missing)}, which are imported only when the "
+                              f"command line names them: add imports=[...] if you trust them)") from None
+        raise
     return merged
 
 
@@ -181,24 +193,18 @@ def load_model(ckpt: str, overrides: list[str], *, backend: str = "auto", device
     Lightning's checkpoint layout is read directly (no LightningModule, no optimiser state), so a
     checkpoint samples wherever the network runs: another backend, device or precision.
     """
-    import torch
-
+    from .checkpoint import CheckpointError, load
     from .model import NetConfig, SparseTransformer
 
     try:
-        raw = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"ckpt={ckpt} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    hp = raw.get("hyper_parameters") if isinstance(raw, dict) else None
+        raw = load(ckpt)  # weights_only: a crafted pickle is refused before any of it runs
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
+    hp = raw.get("hyper_parameters")
     if not isinstance(hp, dict) or not isinstance(hp.get("config"), dict) or "shape" not in hp or "state_dict" not in raw:
         raise ConfigError(f"ckpt={ckpt} is not a sparse-transformer checkpoint (no hyper_parameters.config, shape and state_dict)")
     saved = hp["config"]
     cfg = checkpoint_config(ckpt, saved, overrides)
-    if cfg.imports:
-        import importlib
-
-        for mod in cfg.imports:
-            importlib.import_module(mod)
     shape = [int(s) for s in hp["shape"]]
     if math.prod(shape) != cfg.data.seq_len:
         raise ConfigError(f"ckpt={ckpt}: its data shape {shape} has {math.prod(shape)} positions but data.seq_len={cfg.data.seq_len}")

@@ -5,18 +5,22 @@
     python -m sparse_transformer.sweep agent  <id> [--count N]        start a W&B agent                     (make agent)
     python -m sparse_transformer.sweep local  <name> --trials N       run N trials here, offline            (make sweep-local)
         [--engine auto|sweeps|builtin] [--out sweeps/<name>] [--seed 0]
+    check, create and local take --allow-any-command: let the command run another program (see below)
 
 A sweep's ``command`` passes its parameters as ``key=value`` through ``${args_no_hyphens}`` to
 ``python -m sparse_transformer.train exp=<name>``: every process (every DDP rank too, where only
-rank 0 has ``wandb.config``) reads them from its command line. Parameters are config keys
-(``optim.lr``), checked against the schema before anything runs, each value through the same
-validation as the training command line.
+rank 0 has ``wandb.config``) reads them from its command line. The command must be exactly that
+(``[${env},] ${interpreter}|python|python3, -m, sparse_transformer.train``, then ``key=value`` words and
+``${args_no_hyphens}``): another program, ``${program}`` or a launcher needs ``--allow-any-command``.
+Parameters are config keys (``optim.lr``), checked against the schema before anything runs, each
+value through the same validation as the training command line.
 
 The local runner draws trials with W&B's own search engine (the ``sweeps`` package: grid, random,
 bayes) when it is importable, else with a small grid/random sampler written here; runs each trial
 as a subprocess with the command line a W&B agent would build (wandb's own macro expansion);
 reads the metric from the trial's ``summary.json``; keeps its state in ``sweeps/<name>/trials.json``
-so a restart skips finished trials; and prints a leaderboard, also written to
+so a restart skips finished trials (the file is checked: ids ``trial-<number>``, the sweep's parameters;
+a trial folder is deleted only inside the sweep folder); and prints a leaderboard, also written to
 ``sweeps/<name>/leaderboard.csv``.
 
 Everything here is torch-free: a bad sweep fails in about a second.
@@ -31,6 +35,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from .config import CONF_DIR, ConfigError, _check_keys, load_config
+from .config import CONF_DIR, EXP_NAME, ConfigError, _check_keys, experiment_path, experiments, load_config
 
 RUN_ENV = "SPARSE_TRANSFORMER_RUN_DIR"  # train.run_dir() honours it (the folder rank 0 names)
 METHODS = ("grid", "random", "bayes")
@@ -56,6 +61,12 @@ TOP_KEYS = {"program", "command", "method", "metric", "parameters", "name", "des
             "early_terminate", "run_cap", "controller", "job", "image_uri", "scheduler"}
 SPEC_KEYS = {"value", "values", "probabilities", "distribution", "min", "max", "mu", "sigma", "q"}
 BUILTIN_DISTRIBUTIONS = ("constant", "categorical", "uniform", "int_uniform", "log_uniform_values", "normal")
+TRAIN_MODULE = "sparse_transformer.train"
+INTERPRETERS = ("${interpreter}", "python", "python3")  # what a trial may start (without --allow-any-command)
+ARG_MACROS = ("${args_no_hyphens}", "${args}")
+TRIAL_ID = re.compile(r"trial-[0-9]{3,6}")  # the runner's trial ids: trial-000, trial-001, ...
+STATUSES = ("running", "finished", "failed", "invalid")
+SWEEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class SweepError(ValueError):
@@ -66,17 +77,21 @@ class SweepError(ValueError):
 # Loading and validation
 # ------------------------------------------------------------------------------------------------
 def sweep_path(name: str) -> Path:
+    """A YAML file given by its path, or a name in conf/sweep/ (a plain file name, nothing outside it)."""
     p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
+    valid = ", ".join(sorted(x.stem for x in (CONF_DIR / "sweep").glob("*.yaml"))) or "none"
+    if not SWEEP_NAME.fullmatch(name) or ".." in name:
+        raise SweepError(f"sweep {name!r} is neither a .yaml file nor a sweep name in conf/sweep/ "
+                         f"(letters, digits, _ . -); valid: {valid}")
     p = CONF_DIR / "sweep" / f"{name}.yaml"
     if not p.exists():
-        valid = sorted(x.stem for x in (CONF_DIR / "sweep").glob("*.yaml"))
-        raise SweepError(f"sweep {name!r} does not exist ({p}); valid: {', '.join(valid) or 'none'}")
+        raise SweepError(f"sweep {name!r} does not exist ({p}); valid: {valid}")
     return p
 
 
-def load_sweep(name: str) -> tuple[dict, Path]:
+def load_sweep(name: str, allow_any_command: bool = False) -> tuple[dict, Path]:
     """The sweep YAML as a dict (validated) and its path."""
     if not name:
         raise SweepError("no sweep given: make sweep-local SWEEP=<name> N=<trials> (a file in conf/sweep/)")
@@ -87,7 +102,7 @@ def load_sweep(name: str) -> tuple[dict, Path]:
         raise SweepError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(sweep, dict):
         raise SweepError(f"{path} must be a mapping (method, metric, parameters, command)")
-    validate_sweep(sweep, str(path))
+    validate_sweep(sweep, str(path), allow_any_command)
     return sweep, path
 
 
@@ -118,9 +133,10 @@ def _candidates(spec: dict) -> list:
     return bounds or ([spec["mu"]] if "mu" in spec else [])
 
 
-def validate_sweep(sweep: dict, where: str) -> None:
-    """Raise SweepError naming the first problem: structure, metric, unknown parameter keys, and
-    any value the training command line would reject."""
+def validate_sweep(sweep: dict, where: str, allow_any_command: bool = False) -> None:
+    """Raise SweepError naming the first problem: structure, the command (this project's training
+    through the interpreter, unless ``allow_any_command``), metric, unknown parameter keys, and any
+    value the training command line would reject."""
     extra = sorted(set(sweep) - TOP_KEYS)
     if extra:
         raise SweepError(f"{where}: unknown top-level key {extra[0]!r}; valid: {', '.join(sorted(TOP_KEYS))}")
@@ -139,10 +155,7 @@ def validate_sweep(sweep: dict, where: str) -> None:
     if not isinstance(command, list) or not command:
         raise SweepError(f"{where}: command must be a list, e.g. [${{env}}, ${{interpreter}}, -m, "
                          f"sparse_transformer.train, exp=<name>, ${{args_no_hyphens}}]")
-    if "sparse_transformer.train" not in [str(c) for c in command]:
-        raise SweepError(f"{where}: command must run -m sparse_transformer.train")
-    if not {"${args_no_hyphens}", "${args}"} & {str(c) for c in command}:
-        raise SweepError(f"{where}: command must pass the parameters through ${{args_no_hyphens}} (key=value)")
+    check_command([str(c) for c in command], where, allow_any_command)
     params = sweep.get("parameters")
     if not isinstance(params, dict) or not params:
         raise SweepError(f"{where}: parameters must be a non-empty mapping of config keys (e.g. optim.lr)")
@@ -173,9 +186,13 @@ def validate_sweep(sweep: dict, where: str) -> None:
     # Every value through the training command line's own validation, together with the first
     # value of every other parameter (combinations are checked per trial before it runs).
     exp = command_exp(sweep)
-    if not (CONF_DIR / "exp" / f"{exp}.yaml").exists():
-        valid = ", ".join(sorted(x.stem for x in (CONF_DIR / "exp").glob("*.yaml")))
-        raise SweepError(f"{where}: command runs exp={exp}, but conf/exp/{exp}.yaml does not exist; valid: {valid}")
+    try:
+        experiment_path(exp)  # a name inside conf/exp/ only
+    except ConfigError:
+        valid = ", ".join(experiments())
+        what = (f"conf/exp/{exp}.yaml does not exist" if EXP_NAME.fullmatch(exp) and ".." not in exp
+                else "that is not an experiment name (a file in conf/exp/)")
+        raise SweepError(f"{where}: command runs exp={exp}, but {what}; valid: {valid}") from None
     first = {k: _candidates(s)[0] for k, s in params.items()}
     for key, spec in params.items():
         for v in _candidates(spec):
@@ -183,6 +200,26 @@ def validate_sweep(sweep: dict, where: str) -> None:
                 load_config(args_for(exp, {**first, key: v}))
             except ConfigError as e:
                 raise SweepError(f"{where}: parameters.{key} value {fmt(v)}: {e}") from None
+
+
+def check_command(words: list[str], where: str, allow_any_command: bool = False) -> None:
+    """A trial runs this project's training through the interpreter: ``[${env},] ${interpreter}
+    (or python, python3), -m, sparse_transformer.train``, then only ``key=value`` words and
+    ``${args_no_hyphens}`` / ``${args}``. Anything else (another program, ``${program}``, a shell)
+    only with ``--allow-any-command``."""
+    if not set(ARG_MACROS) & set(words):
+        raise SweepError(f"{where}: command must pass the parameters through ${{args_no_hyphens}} (key=value)")
+    if allow_any_command:
+        return
+    i = 1 if words[:1] == ["${env}"] else 0
+    head, rest = words[i : i + 3], words[i + 3 :]
+    ok = len(head) == 3 and head[0] in INTERPRETERS and head[1:] == ["-m", TRAIN_MODULE] and all(
+        w in ARG_MACROS or (not w.startswith(("$", "-")) and "=" in w) for w in rest)
+    if not ok:
+        raise SweepError(f"{where}: command {' '.join(words)!r} does not run this project's training; valid: "
+                         f"[${{env}}, ${{interpreter}}, -m, {TRAIN_MODULE}, <key=value ...>, ${{args_no_hyphens}}] "
+                         f"(${{env}} optional; python or python3 for ${{interpreter}}), or pass --allow-any-command "
+                         f"to run another program")
 
 
 def _import_sweeps():
@@ -243,8 +280,14 @@ def agent_command(sweep: dict, params: dict, json_file: str = "") -> list[str]:
 
 def train_args(command: list[str]) -> list[str]:
     """The arguments after ``-m sparse_transformer.train`` in a trial's command."""
-    i = command.index("sparse_transformer.train")
+    i = command.index(TRAIN_MODULE)
     return command[i + 1:]
+
+
+def trial_args(sweep: dict, command: list[str], params: dict) -> list[str]:
+    """The training command line a trial amounts to (its command's, or with --allow-any-command and
+    a command that hides the module, the sweep's experiment and the trial's parameters)."""
+    return train_args(command) if TRAIN_MODULE in command else args_for(command_exp(sweep), params)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,13 +387,48 @@ def _tail(path: Path, lines: int = 1) -> str:
     return " | ".join(text[-lines:])
 
 
+def load_state(state_file: Path, sweep: dict) -> dict:
+    """``trials.json`` as the runner wrote it; SweepError (one line) if it is not: the runner joins
+    trial ids to paths and deletes trial folders, so an id must be ``trial-<number>``, each once,
+    and a trial's parameters those of the sweep."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:
+        raise SweepError(f"{state_file} is not the runner's state ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                         f"move it away or pass --out <new folder>") from None
+    fix = "the file was edited or damaged: fix it, or move it away or pass --out <new folder>"
+    if not isinstance(state, dict) or not isinstance(state.get("trials"), list):
+        raise SweepError(f"{state_file} is not the runner's state (a mapping with a trials list); {fix}")
+    seen = set()
+    for k, t in enumerate(state["trials"]):
+        tid = t.get("id") if isinstance(t, dict) else None
+        if not isinstance(tid, str) or not TRIAL_ID.fullmatch(tid) or tid in seen:
+            raise SweepError(f"{state_file}: trial {k} has id {tid!r}; valid: trial-<number> (trial-000, trial-001, ...), "
+                             f"each once; {fix}")
+        seen.add(tid)
+        if not isinstance(t.get("params"), dict) or set(t["params"]) != set(sweep["parameters"]):
+            raise SweepError(f"{state_file}: trial {tid} has parameters {sorted(t.get('params') or [])}, not the sweep's "
+                             f"{sorted(sweep['parameters'])}; {fix}")
+        if t.get("status") not in STATUSES:
+            raise SweepError(f"{state_file}: trial {tid} has status {t.get('status')!r}; valid: {', '.join(STATUSES)}; {fix}")
+    return state
+
+
+def remove_trial_folder(tdir: Path, out: Path) -> None:
+    """Delete a trial's folder, only if it is a real folder inside the sweep folder ``out``."""
+    root, target = out.resolve(), tdir.resolve()
+    if tdir.is_symlink() or target == root or not target.is_relative_to(root):
+        raise SweepError(f"refusing to delete {tdir}: it resolves to {target}, not a trial folder inside {root}")
+    shutil.rmtree(target)
+
+
 def run_local(name: str, trials: int, engine: str = "auto", out: str | Path | None = None, seed: int = 0,
-              quiet: bool = False) -> list[dict]:
+              quiet: bool = False, allow_any_command: bool = False) -> list[dict]:
     """Run a sweep's first ``trials`` trials here (skipping finished ones); return every trial
     record, the finished ones ranked. Raises SweepError before anything runs on bad input."""
     if trials is None or int(trials) < 1:
         raise SweepError(f"N={trials}: give the number of trials, at least 1 (make sweep-local SWEEP=<name> N=<trials>)")
-    sweep, path = load_sweep(name)
+    sweep, path = load_sweep(name, allow_any_command)
     if engine == "auto":
         engine = "sweeps" if sweeps_engine_available() else "builtin"
     if engine == "sweeps" and not sweeps_engine_available():
@@ -362,15 +440,15 @@ def run_local(name: str, trials: int, engine: str = "auto", out: str | Path | No
         draw_builtin(sweep, [], seed)  # raises the one-line error
     draw = draw_sweeps if engine == "sweeps" else draw_builtin
     out = Path(out) if out else Path("sweeps") / path.stem
-    out.mkdir(parents=True, exist_ok=True)
     state_file = out / "trials.json"
     digest = hashlib.sha1(json.dumps(sweep, sort_keys=True).encode()).hexdigest()[:12]
     if state_file.exists():
-        state = json.loads(state_file.read_text())
+        state = load_state(state_file, sweep)
         if state.get("digest") != digest:
             raise SweepError(f"{out} holds trials of a different {path}; move it away or pass --out <folder>")
     else:
         state = {"sweep": path.stem, "file": str(path), "digest": digest, "engine": engine, "trials": []}
+    out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     metric, goal = sweep["metric"]["name"], sweep["metric"].get("goal", "minimize")
     say(f"sweep {path.stem}: {sweep['method']} search with {'W&B sweeps' if engine == 'sweeps' else 'the built-in sampler'}, "
@@ -394,14 +472,14 @@ def run_local(name: str, trials: int, engine: str = "auto", out: str | Path | No
             t = {"id": f"trial-{i:03d}", "params": params}
             recs.append(t)
         tdir = out / t["id"]
-        if tdir.exists():
-            shutil.rmtree(tdir)
+        if tdir.exists() or tdir.is_symlink():
+            remove_trial_folder(tdir, out)
         tdir.mkdir(parents=True)
         (tdir / "args.json").write_text(json.dumps(t["params"]))  # what ${args_json_file} names, as an agent writes it
         cmd = agent_command(sweep, t["params"], str(tdir / "args.json"))
         t.update(command=cmd, run_dir=str(tdir / "run"), status="running", metric=None, error=None)
         try:
-            load_config(train_args(cmd))  # a combination the training command line rejects never runs
+            load_config(trial_args(sweep, cmd, t["params"]))  # a combination the training command line rejects never runs
         except ConfigError as e:
             t.update(status="invalid", error=str(e))
             _save(state, state_file)
@@ -492,9 +570,9 @@ def _need_server(what: str) -> None:
                          f"run the sweep offline instead: make sweep-local SWEEP=<name> N=<trials>")
 
 
-def create(name: str) -> str:
+def create(name: str, allow_any_command: bool = False) -> str:
     """Create the W&B sweep (in the experiment's logger.project/entity) and return its full id."""
-    sweep, path = load_sweep(name)
+    sweep, path = load_sweep(name, allow_any_command)
     cfg, _ = load_config([f"exp={command_exp(sweep)}"])
     project = sweep.get("project") or cfg.logger.project
     entity = sweep.get("entity") or cfg.logger.entity
@@ -519,10 +597,14 @@ def agent(sweep_id: str, count: int | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparse_transformer.sweep", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    any_command = dict(action="store_true", help="let the sweep's command run another program than "
+                       "${interpreter} -m sparse_transformer.train (it runs as you, with your files)")
     c = sub.add_parser("check", help="validate a sweep and print its first trial's command")
     c.add_argument("name")
+    c.add_argument("--allow-any-command", **any_command)
     c = sub.add_parser("create", help="create the W&B sweep and print its id")
     c.add_argument("name", nargs="?", default="")
+    c.add_argument("--allow-any-command", **any_command)
     c = sub.add_parser("agent", help="start a W&B agent")
     c.add_argument("sweep_id", nargs="?", default="")
     c.add_argument("--count", default=None)
@@ -532,20 +614,22 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--engine", default="auto", choices=("auto", "sweeps", "builtin"))
     c.add_argument("--out", default=None)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--allow-any-command", **any_command)
     a = p.parse_args(argv)
     try:
         if a.cmd == "check":
-            sweep, path = load_sweep(a.name)
+            sweep, path = load_sweep(a.name, a.allow_any_command)
             first = {k: _candidates(s)[0] for k, s in sweep["parameters"].items()}
             print(f"{path}: valid ({sweep['method']}, {sweep['metric'].get('goal', 'minimize')} {sweep['metric']['name']}, "
                   f"{len(sweep['parameters'])} parameters); a trial runs:\n  {' '.join(agent_command(sweep, first))}")
         elif a.cmd == "create":
-            sweep_id = create(a.name)
+            sweep_id = create(a.name, a.allow_any_command)
             print(f"sweep id: {sweep_id}\nstart agents with: make agent SWEEP_ID={sweep_id} COUNT=<n>")
         elif a.cmd == "agent":
             agent(a.sweep_id, _count(a.count, "COUNT"))
         else:
-            run_local(a.name, _count(a.trials, "N"), engine=a.engine, out=a.out, seed=a.seed)
+            run_local(a.name, _count(a.trials, "N"), engine=a.engine, out=a.out, seed=a.seed,
+                      allow_any_command=a.allow_any_command)
     except (SweepError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

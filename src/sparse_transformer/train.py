@@ -151,6 +151,17 @@ def resume_path(cfg, out: Path) -> str | None:
     return cfg.resume or None
 
 
+def check_resume_checkpoint(cfg, ckpt: str) -> None:
+    """The checkpoint to resume from, read once by the one safe loader (``weights_only``, tensors
+    mapped, not read) before anything is written: a file that asks to run code, an unreadable one
+    or one of a newer format is refused in one line (CheckpointError) and nothing in it runs.
+    Lightning's own load in fit/validate is ``weights_only`` too (main)."""
+    from .checkpoint import load
+
+    label = f"resume={ckpt}" if cfg.resume not in ("last", "auto") else f"resume={cfg.resume}: {ckpt}"
+    load(ckpt, label=label, mmap=True)
+
+
 def check_runtime(cfg) -> None:
     """What the config check cannot know without torch: is there a GPU for fsdp and fp16."""
     import torch
@@ -207,10 +218,15 @@ def main(argv: list[str] | None = None) -> dict:
 
         for mod in cfg.imports:
             importlib.import_module(mod)
+    from .checkpoint import CheckpointError, legacy_globals
+
     try:
         check_runtime(cfg)
         out = run_dir(cfg)
-    except LaunchError as e:
+        ckpt = resume_path(cfg, out)
+        if ckpt:
+            check_resume_checkpoint(cfg, ckpt)
+    except (LaunchError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -219,7 +235,6 @@ def main(argv: list[str] | None = None) -> dict:
     prepare_or_exit(dm)
 
     rank0 = is_rank_zero()
-    ckpt = resume_path(cfg, out)
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
@@ -238,10 +253,13 @@ def main(argv: list[str] | None = None) -> dict:
     start_bpd = None
     t0 = time.time()
     try:
-        if not cfg.trainer.fast_dev_run:  # a resumed run starts from the checkpoint's weights
-            res = trainer.validate(lit, datamodule=dm, verbose=False, ckpt_path=ckpt, weights_only=False)
-            start_bpd = res[0].get("val/bpd") if res else None
-        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt, weights_only=False)
+        # Lightning's own loads of ckpt: weights_only, allowing only the numpy RNG state of
+        # checkpoints written before the format stamp (checkpoint.legacy_globals)
+        with legacy_globals():
+            if not cfg.trainer.fast_dev_run:  # a resumed run starts from the checkpoint's weights
+                res = trainer.validate(lit, datamodule=dm, verbose=False, ckpt_path=ckpt, weights_only=True)
+                start_bpd = res[0].get("val/bpd") if res else None
+            trainer.fit(lit, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     except SIGTERMException:
         if rank0:
             print(f"stopped by SIGTERM at step {trainer.global_step}; checkpoint {out / 'checkpoints' / 'last.ckpt'}; "

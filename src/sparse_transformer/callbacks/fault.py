@@ -62,17 +62,43 @@ def nonfinite_on_any_rank(loss: torch.Tensor, strategy) -> bool:
 
 def rng_states() -> dict:
     """torch (CPU), numpy and Python states, and this process's own CUDA device's (Lightning's
-    ``_collect_rng_states`` takes every visible GPU's: each of 8 ranks would save and set all 8)."""
+    ``_collect_rng_states`` takes every visible GPU's: each of 8 ranks would save and set all 8).
+    Tensors and plain values only, so that a ``weights_only`` load reads them (numpy's state, a
+    tuple holding a uint32 array, becomes a dict holding an int64 tensor: ``numpy_state_plain``)."""
     states = _collect_rng_states(include_cuda=False)
+    if "numpy" in states:
+        states["numpy"] = numpy_state_plain(states["numpy"])
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["torch.cuda.current"] = torch.cuda.get_rng_state()
     return states
+
+
+def numpy_state_plain(state: tuple) -> dict:
+    """``np.random.get_state()`` as tensors and plain values."""
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = state
+    return {"bit_generator": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def numpy_state_tuple(state) -> tuple:
+    """What ``np.random.set_state`` takes, from ``numpy_state_plain``'s dict (or an older
+    checkpoint's tuple, returned as it is)."""
+    import numpy as np
+
+    if not isinstance(state, dict):
+        return state
+    keys = state["keys"].numpy() if isinstance(state["keys"], torch.Tensor) else np.asarray(state["keys"])
+    return (state["bit_generator"], keys.astype(np.uint32), state["pos"], state["has_gauss"], state["cached_gaussian"])
 
 
 def set_rng_states(states: dict) -> None:
     states = dict(states)
     cuda = states.pop("torch.cuda.current", None)
     states.pop("torch.cuda", None)
+    if "numpy" in states:
+        states["numpy"] = numpy_state_tuple(states["numpy"])
     _set_rng_states(states)
     if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda)
@@ -157,6 +183,9 @@ class ResumeState(Callback):
             trainer._signal_connector.received_sigterm = True
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        from ..checkpoint import stamp
+
+        stamp(checkpoint)  # the format number: RNG states as tensors and plain values (checkpoint.py)
         for lg in trainer.loggers:  # rows up to the checkpoint on disk before the checkpoint is
             if isinstance(lg, RunCSVLogger):
                 lg.save()

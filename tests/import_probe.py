@@ -1,0 +1,1 @@
+"""Imported by nothing of the package: tests check whether a command imported it (sys.modules)."""
