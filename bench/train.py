@@ -107,9 +107,12 @@ def net_config(spec: dict, dense: bool, recompute: bool, backend: str = "auto") 
 def attention_flops_per_step(net: SparseTransformer, n: int, batch: int) -> float:
     """Forward + backward FLOPs of the attended pairs only: 3 × (2·pairs·d_qk + 2·pairs·d_v) per layer."""
     total = 0.0
+    cache: dict = {}  # layers share a few head layouts; counting pairs at n = 65,536 takes seconds
     for blk in net.blocks:
         a = blk.attn
-        pairs = attended_pairs(a.heads, n) / a.n_head  # per head, averaged
+        if a.heads not in cache:
+            cache[a.heads] = attended_pairs(a.heads, n)
+        pairs = cache[a.heads] / a.n_head  # per head, averaged
         dh_qk, dh_v = a.d_qk // a.n_head, a.d_model // a.n_head
         total += 3 * 2 * pairs * (dh_qk + dh_v) * a.n_head
     return total * batch
