@@ -71,8 +71,10 @@ def build_text(path: Path, mb: float) -> Path:
 
 def callback_has_warmup() -> bool:
     """Whether this tree's CLI knows ``callbacks.throughput.warmup`` (windows after warm-up only)."""
-    from sparse_transformer.config import ThroughputConfig
-
+    try:
+        from sparse_transformer.config import ThroughputConfig
+    except ImportError as e:
+        raise SystemExit(f"bench/ddp.py runs the training CLI, which needs {e.name} here (shared/gpu/README.md: carry it as a wheel)")
     return any(f.name == "warmup" for f in fields(ThroughputConfig))
 
 
@@ -244,7 +246,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--text", default="auto", help="a local text file for every run (auto: torch's Python sources)")
     ap.add_argument("--text-mb", type=float, default=16.0, help="size of the auto text")
     ap.add_argument("--val-windows", type=int, default=16, help="data.val_windows: validation windows at start and end")
-    ap.add_argument("--run-timeout", type=int, default=600, help="seconds before a run is stopped and recorded as an error")
+    ap.add_argument("--run-timeout", type=int, default=300, help="seconds before a run is stopped and recorded as an error")
     ap.add_argument("--accelerator", default="gpu", choices=["gpu", "cpu"], help=argparse.SUPPRESS)  # cpu: the tests' smoke run
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--tag", default="", help="suffix of the output file name")

@@ -187,7 +187,7 @@ def time_dense_kernels(B: int, H: int, n: int, d_qk: int, d_v: int, device, rep:
                 fwdbwd()
                 sync(device)
                 out[name] = round(statistics.median(timed(fwdbwd, 1, device) for _ in range(rep)) * 1e3, 4)
-        except RuntimeError as e:  # "No available kernel", an unsupported head dim, ...
+        except Exception as e:  # noqa: BLE001  "No available kernel", an unsupported head dim, ...
             out[name] = f"error: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else "error"
     return out
 
@@ -284,7 +284,7 @@ def profile_trace(fn, steps: int, device) -> dict:
     """A chrome trace (parsed) of ``steps`` calls of fn under torch.profiler (device activity on a GPU)."""
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [ProfilerActivity.CPU]
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):
             fn()
@@ -564,7 +564,7 @@ def longest(d_model=256, n_layer=4, n_head=4, start=2**20, limit=2**22) -> list[
             opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
             x = torch.randint(0, 256, (1, n), device="cuda")
             torch.cuda.reset_peak_memory_stats()
-            for i in range(2):
+            for _ in range(2):
                 t = time.time()
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     logits = net(x)
