@@ -163,7 +163,7 @@ def settings(records: list[dict]) -> list[dict]:
         out.append(dict(exp=exp, gpus=gpus, batch_per_gpu=batch, global_batch=gpus * batch, runs=len(rs), ok_runs=len(ok),
                         tokens_per_s=round(med) if med else None, tokens_per_s_per_gpu=round(med / gpus) if med else None,
                         spread=round((max(ok) - min(ok)) / med, 4) if med else None,
-                        tokens_per_s_runs=[round(x) for x in ok], errors=[r["error"] for r in rs if "error" in r]))
+                        tokens_per_s_runs=[round(x) for x in ok], errors=[r.get("error") or r["skipped"] for r in rs if "error" in r or "skipped" in r]))
     return out
 
 
@@ -224,6 +224,19 @@ def report(meta: dict, table: list[dict], derived: list[dict]) -> None:
               f"{d.get('max_abs_train_loss_diff', '–')} ({d.get('train_loss_steps_compared', 0)}) |")
 
 
+def plan(args) -> list[tuple[str, int, int, int]]:
+    """(exp, GPUs, batch per GPU, repeat) in run order: the first repeat of every experiment with its
+    equal-global-batch run (k GPUs × batch vs one GPU × k·batch), then the other repeats; repeats
+    interleave settings and experiments, so drift (and a time budget) hits them alike."""
+    out = []
+    for rep in range(args.repeats):
+        for exp in args.exp:
+            out += [(exp, k, args.batch, rep) for k in args.counts]
+            if rep == 0:
+                out += [(exp, 1, k * args.batch, 0) for k in args.counts[1:]]
+    return out
+
+
 def _csv(values: list[str]) -> list[str]:
     return [x.strip() for v in values for x in v.split(",") if x.strip()]
 
@@ -246,6 +259,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--text", default="auto", help="a local text file for every run (auto: torch's Python sources)")
     ap.add_argument("--text-mb", type=float, default=16.0, help="size of the auto text")
     ap.add_argument("--val-windows", type=int, default=16, help="data.val_windows: validation windows at start and end")
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds: runs not started by then are recorded as skipped")
     ap.add_argument("--run-timeout", type=int, default=300, help="seconds before a run is stopped and recorded as an error")
     ap.add_argument("--accelerator", default="gpu", choices=["gpu", "cpu"], help=argparse.SUPPRESS)  # cpu: the tests' smoke run
     ap.add_argument("--out", default="bench/results")
@@ -287,16 +301,15 @@ def main(argv=None):
         tmp = Path(tmp)
         args.cache_dir = tmp / "data"
         args.text = build_text(tmp / "torch-sources.txt", args.text_mb) if args.text == "auto" else Path(args.text).resolve()
-        for exp in args.exp:
-            for rep in range(args.repeats):  # interleaved: drift between runs hits every setting alike
-                for k in args.counts:
-                    records.append(run(exp, k, args.batch, args, tmp, warmup_key, rep))
-                    print(_line(records[-1]), flush=True)
-                    write(path, meta, records, args.batch, args.counts)
-            for k in args.counts[1:]:  # equal global batch on one GPU (the loss comparison)
-                records.append(run(exp, 1, k * args.batch, args, tmp, warmup_key, 0))
-                print(_line(records[-1]), flush=True)
-                write(path, meta, records, args.batch, args.counts)
+        t_start = time.time()
+        for exp, gpus, batch, rep in plan(args):
+            if args.time_budget is not None and time.time() - t_start > args.time_budget:
+                records.append(dict(exp=exp, gpus=gpus, batch_per_gpu=batch, global_batch=gpus * batch, repeat=rep,
+                                    skipped=f"time budget of {args.time_budget:g} s spent"))
+            else:
+                records.append(run(exp, gpus, batch, args, tmp, warmup_key, rep))
+            print(_line(records[-1]), flush=True)
+            write(path, meta, records, args.batch, args.counts)
     table, derived = write(path, meta, records, args.batch, args.counts)
     report(meta, table, derived)
     print(f"wrote {path}")
@@ -304,8 +317,8 @@ def main(argv=None):
 
 def _line(r: dict) -> str:
     head = f"    {r['exp']} {r['gpus']} GPU(s) × batch {r['batch_per_gpu']} (repeat {r['repeat']}):"
-    if "error" in r:
-        return f"{head} {r['error']}"
+    if "error" in r or "skipped" in r:
+        return f"{head} {r.get('error') or 'skipped: ' + r['skipped']}"
     ws = ", ".join(f"{w['tokens_per_s']:,.0f}" for w in r["windows"])
     mfu = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") is not None and not math.isnan(r["mfu"]) else ""
     return f"{head} {r['tokens_per_s']:,.0f} tokens/s (windows: {ws}){mfu}; {r['wall_s']} s wall"

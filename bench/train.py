@@ -396,12 +396,9 @@ def error_text(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------
 # Records, summaries, report
 # ------------------------------------------------------------------------------------------------
-def arm_key(r: dict) -> tuple:
-    return (r["shape"], r["mode"], r.get("batch"), r.get("recompute"), r["arm"] == "dense-sdpa")
-
-
 def pair_key(r: dict) -> tuple:
-    return arm_key(r)[:4]
+    """What a dense and a sparse record share: (shape, mode, batch, recompute)."""
+    return (r["shape"], r["mode"], r.get("batch"), r.get("recompute"))
 
 
 def compare(dense: dict, sparse: dict) -> None:

@@ -317,6 +317,22 @@ def test_ddp_arguments_and_command(bd, capsys):
     assert not any("throughput.warmup" in c for c in bd.command("enwik8", 1, 2, a, Path("/run"), warmup_key=False))
 
 
+def test_ddp_plan_runs_the_loss_comparison_first_then_interleaves_repeats(bd):
+    p = bd.plan(bd.parse_args(["--exp", "enwik8,imagenet64", "--repeats", "3"]))
+    assert p[:6] == [("enwik8", 1, 2, 0), ("enwik8", 2, 2, 0), ("enwik8", 1, 4, 0),
+                     ("imagenet64", 1, 2, 0), ("imagenet64", 2, 2, 0), ("imagenet64", 1, 4, 0)]
+    assert p[6:] == [(e, k, 2, r) for r in (1, 2) for e in ("enwik8", "imagenet64") for k in (1, 2)]
+
+
+def test_ddp_time_budget_records_skipped_runs(bd, tmp_path, capsys):
+    bd.main(["--accelerator", "cpu", "--gpus", "1", "--exp", "enwik8", "--repeats", "2", "--time-budget", "0",
+             "--text-mb", "0.01", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "ddp-cpu.json").read_text())
+    assert len(res["runs"]) == 2 and all("time budget" in r["skipped"] for r in res["runs"])
+    assert res["settings"][0]["tokens_per_s"] is None and len(res["settings"][0]["errors"]) == 2
+    assert "skipped: time budget" in capsys.readouterr().out
+
+
 def test_ddp_local_text_is_torch_sources(bd, tmp_path):
     p = bd.build_text(tmp_path / "t.txt", 0.25)
     data = p.read_bytes()
