@@ -232,7 +232,7 @@ def own_kernel_names() -> set[str]:
     """Names of the @triton.jit kernels defined in this package's attention modules (a Triton
     backend's kernels are attention whatever they are called)."""
     try:
-        from triton.runtime.jit import JITFunction
+        from triton.runtime.jit import KernelInterface  # JITFunction, Autotuner, the interpreter's function
     except ImportError:
         return set()
     names = set()
@@ -240,13 +240,14 @@ def own_kernel_names() -> set[str]:
         if mod is None or not mod_name.startswith("sparse_transformer.attention"):
             continue
         for obj in list(vars(mod).values()):
-            for _ in range(4):  # autotune / heuristics wrappers hold the kernel in .fn
-                if isinstance(obj, JITFunction) or not hasattr(obj, "fn"):
+            if not isinstance(obj, KernelInterface):
+                continue
+            for _ in range(4):  # autotune / heuristics wrap the kernel, the kernel the Python function, in .fn
+                if not hasattr(obj, "fn"):
                     break
                 obj = obj.fn
-            if isinstance(obj, JITFunction):
-                names.add(obj.__name__)
-    return names
+            names.add(getattr(obj, "__name__", ""))
+    return names - {""}
 
 
 def kernel_group(name: str, own: set[str] = frozenset()) -> str:
