@@ -34,6 +34,7 @@ import csv
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -126,14 +127,19 @@ def run(exp: str, gpus: int, batch: int, args, tmp: Path, warmup_key: bool, repe
     print(f"--- {tag}: {' '.join(cmd[3:])}", flush=True)
     base = dict(exp=exp, gpus=gpus, batch_per_gpu=batch, global_batch=gpus * batch, repeat=repeat)
     t0 = time.time()
+    # its own session: on a timeout the whole group goes, Lightning's other ranks included (no orphan holds a GPU)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, text=True, capture_output=True, timeout=args.run_timeout)
+        stdout, stderr = proc.communicate(timeout=args.run_timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return dict(base, error=f"timed out after {args.run_timeout} s")
     wall = time.time() - t0
     if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-6000:], sep="\n", flush=True)
-        return dict(base, error=f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1][:200]}",
+        print(stdout[-3000:], stderr[-6000:], sep="\n", flush=True)
+        return dict(base, error=f"exit {proc.returncode}: {(stderr.strip().splitlines() or [''])[-1][:200]}",
                     wall_s=round(wall, 1))
     s = json.loads((out / "summary.json").read_text())
     windows, loss = read_metrics(out / "metrics.csv", gpus, args.warmup_steps, args.window, warmup_key)

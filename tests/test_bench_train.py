@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -331,6 +332,24 @@ def test_ddp_time_budget_records_skipped_runs(bd, tmp_path, capsys):
     assert len(res["runs"]) == 2 and all("time budget" in r["skipped"] for r in res["runs"])
     assert res["settings"][0]["tokens_per_s"] is None and len(res["settings"][0]["errors"]) == 2
     assert "skipped: time budget" in capsys.readouterr().out
+
+
+def test_ddp_a_run_past_its_timeout_is_killed_with_its_children(bd, tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(c.pid))\ntime.sleep(60)\n")
+    monkeypatch.setattr(bd, "command", lambda *a, **k: [sys.executable, "-c", code])
+    r = bd.run("enwik8", 2, 2, SimpleNamespace(run_timeout=3), tmp_path, True, 0)
+    assert r["error"] == "timed out after 3 s" and r["gpus"] == 2
+    pid = int(pid_file.read_text())
+    status = Path(f"/proc/{pid}/status")
+    for _ in range(50):  # killed: gone, or a zombie until init reaps it
+        if not status.exists() or "\tZ" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the run's child process outlived the timeout")
 
 
 def test_ddp_local_text_is_torch_sources(bd, tmp_path):
