@@ -343,9 +343,11 @@ def test_ddp_a_run_past_its_timeout_is_killed_with_its_children(bd, tmp_path, mo
     r = bd.run("enwik8", 2, 2, SimpleNamespace(run_timeout=3), tmp_path, True, 0)
     assert r["error"] == "timed out after 3 s" and r["gpus"] == 2
     pid = int(pid_file.read_text())
-    status = Path(f"/proc/{pid}/status")
     for _ in range(50):  # killed: gone, or a zombie until init reaps it
-        if not status.exists() or "\tZ" in status.read_text():
+        try:
+            if "\tZ" in Path(f"/proc/{pid}/status").read_text():
+                break
+        except FileNotFoundError:
             break
         time.sleep(0.1)
     else:
