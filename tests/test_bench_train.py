@@ -172,9 +172,36 @@ def test_dense_kernel_timing_records_errors_and_picks_the_fastest(bt):
     times = bt.time_dense_kernels(1, 2, 64, 8, 16, "cpu", rep=1)  # d_qk != d_v, as cifar10's half-size QK
     assert set(times) == {"default", "cudnn", "flash", "efficient"}
     assert isinstance(times["default"], float) and str(times["cudnn"]).startswith("error")
-    assert bt.fastest_kernel({"default": 5.0, "cudnn": 4.9, "flash": 5.7, "efficient": "error: no"}) == "cudnn"
-    assert bt.fastest_kernel({"default": 5.0, "cudnn": 5.0}) == "default"
-    assert bt.fastest_kernel({"cudnn": "error: x"}) is None
+    assert bt.ranked_kernels({"default": 5.0, "cudnn": 4.9, "flash": 5.7, "efficient": "error: no"}) == ["cudnn", "default", "flash"]
+    assert bt.ranked_kernels({"default": 5.0, "cudnn": 5.0}) == ["default", "cudnn"]
+    assert bt.ranked_kernels({"cudnn": "error: x"}) == []
+
+
+def test_the_dense_arm_falls_back_to_the_next_fastest_kernel(bt, monkeypatch):
+    tried = []
+
+    def run_arm(name, spec, dense, mode, batch, rc, args, device):
+        tried.append(torch.backends.cuda.flash_sdp_enabled())  # what sdpa_kernel(<kernel>) switched on
+        if len(tried) == 1:
+            raise RuntimeError("CUDA graph capture failed\nmore")
+        return {"tokens_per_s": 1}
+
+    monkeypatch.setattr(bt, "run_arm", run_arm)
+    times = {"default": 5.0, "cudnn": 4.0, "flash": 4.5, "efficient": "error: no"}
+    r = bt.run_dense("tiny", TINY, "cudagraphs", 2, False, None, "cpu", times, lambda: False)
+    assert tried == [False, True]  # cuDNN first (flash off), then flash
+    assert r["dense_kernel"] == "flash" and r["dense_kernels_failed"] == {"cudnn": "RuntimeError: CUDA graph capture failed"}
+    assert r["dense_kernel_ms"] is times
+    tried.clear()
+
+    def fails(*a):
+        tried.append(1)
+        raise ValueError("no")
+
+    monkeypatch.setattr(bt, "run_arm", fails)
+    with pytest.raises(RuntimeError, match="every SDPA kernel"):
+        bt.run_dense("tiny", TINY, "model", 2, False, None, "cpu", times, lambda: False)
+    assert len(tried) == 3
 
 
 def test_resolved_backends_read_the_prepared_plans(bt):
