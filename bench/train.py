@@ -536,12 +536,14 @@ def plot(recs: list[dict], path: Path) -> None:
                                     f"{' dense ' + kern if kern else ''}", 16))
     ax.set_xticks(range(len(ps)), labels, fontsize=7)
     ax.set_ylabel("thousand tokens / s")
-    ax.margins(y=0.18)
+    top = max(r["tokens_per_s"] for pair in ps for r in pair if r and "tokens_per_s" in r) / 1e3
+    ax.set_ylim(0, top * 1.4)  # room for the ratios and the legend above the tallest bar
     ax.bar(0, 0, color="tab:gray", label="dense (fastest SDPA kernel)")
-    ax.bar(0, 0, color="tab:blue", label="sparse")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.bar(0, 0, color="tab:blue", label="sparse (ratio to dense, target)")
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
     card = next((r.get("card") for pair in ps for r in pair if r and r.get("card")), "")
-    ax.set_title(textwrap.fill(f"training tokens/s, sparse vs dense, same settings — {card}", 60), fontsize=10)
+    width = fig.get_size_inches()[0]
+    ax.set_title(textwrap.fill(f"training tokens/s, sparse vs dense, same settings — {card}", int(width * 11)), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
