@@ -14,10 +14,13 @@ Modes: ``eager`` and the three of ``model.compile_network``: ``blocks`` (each bl
 Per (shape, batch), before the dense arm, dense causal SDPA forward+backward is timed at the model's
 attention shape (q/k/v transposed views of (B, n, H, d) bf16 tensors, as the model makes them) with
 SDPA's default choice and each of cuDNN, flash and efficient; the dense arm runs inside
-``sdpa_kernel(<fastest>)`` (no context when the default is fastest) and records ``dense_kernel``.
+``sdpa_kernel(<fastest>)`` (no context when the default is fastest; the next fastest if the arm
+fails on it) and records ``dense_kernel`` and every kernel's time. The sparse arm runs on
+``--backend``; its records say which backends the layers resolved to.
 
 Per arm: 3 warm-up steps (compilation, autotuning, CUDA-graph capture), then ``--steps`` steps timed
-with CUDA events, ``--repeats`` times (median and spread), then a few steps under torch.profiler:
+with CUDA events (fewer, at least 2, where that would exceed ``--max-timed-s``), ``--repeats`` times
+(median and spread), then a few steps under torch.profiler:
 ``gpu_busy`` = union of the device-kernel intervals per step ÷ the unprofiled median step time (not
 a sum of kernel times); kernel time by group and idle time per step. MFU = (6·N_params per token +
 the FLOPs of the attended pairs only) × tokens/s ÷ 989 TFLOP/s (H100/H200 SXM dense bf16),
