@@ -167,8 +167,8 @@ def test_a_model_on_triton_matches_the_reference_model_and_compiles_in_one_graph
 def test_what_the_kernels_take_and_what_auto_does():
     strided = layer_heads("strided", 4, 8, integration="merged")
     groups = tb.plan(layer_heads("fixed", 4, 8, summary=2, summary_heads=2, integration="multihead"))
-    assert [(g.kind, g.heads, g.block, g.has_summary, g.slices) for g in groups] == [
-        ("fixed", (0, 1), True, False, (0, 0)), ("fixed", (2, 3), False, True, (0, 1))]
+    assert [(g.kind, g.heads, g.block, g.has_summary, g.slices, g.slice_mod) for g in groups] == [
+        ("fixed", (0, 1), True, False, (0, 0), 1), ("fixed", (2, 3), False, True, (0, 1), 2)]
     assert tb.unsupported(strided, (16, 32)) is None
     assert "head dims 48" in tb.unsupported(strided, (48, 48))
     assert "dense" in tb.unsupported(layer_heads("dense", 2, 8))

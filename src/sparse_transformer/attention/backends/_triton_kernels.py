@@ -44,7 +44,7 @@ def _dot(a, b, IEEE: tl.constexpr):
 # seq kernels (local, stride, the two passes of strided)
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _seq_problem(pid, n, Hg, RS, P, BLOCK: tl.constexpr, HEADS):
+def _seq_problem(pid, n, Hg, RS, P, BLOCK: tl.constexpr, H0):
     """(tile, b, h, r, len_r) of program ``pid``: tiles vary fastest (neighbouring q tiles share
     K/V in L2), then the head (a position's heads are adjacent in memory: programs running together
     read whole rows of (B, n, H, d)), then the residue r, then the batch."""
@@ -56,18 +56,18 @@ def _seq_problem(pid, n, Hg, RS, P, BLOCK: tl.constexpr, HEADS):
     rest = rest // Hg
     r = rest % P
     b = rest // P
-    h = tl.load(HEADS + hh)
+    h = H0 + hh
     len_r = (n - r + RS - 1) // RS
     return tile, b, h, r, len_r
 
 
 @triton.jit
-def _seq_fwd(Q, K, V, O, LSE, HEADS,
+def _seq_fwd(Q, K, V, O, LSE, H0,
              sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
              n, H, Hg, RS, P, W, scale_log2e,
              EXCL: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr,
              DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM, HEADS)
+    tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM, H0)
     t0 = tile * BM
     if t0 >= len_r:
         return
@@ -127,14 +127,14 @@ def _seq_fwd(Q, K, V, O, LSE, HEADS,
 
 
 @triton.jit
-def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, HEADS,
+def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
                 sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh, sdob, sdon, sdoh,
                 sdqb, sdqn, sdqh,
                 n, H, Hg, RS, P, W, scale_log2e, scale,
                 EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
                 DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """dq for a tile of rows; the first pass also computes and stores Δ = rowsum(dO·O)."""
-    tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM, HEADS)
+    tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM, H0)
     t0 = tile * BM
     if t0 >= len_r:
         return
@@ -182,14 +182,14 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, HEADS,
 
 
 @triton.jit
-def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, HEADS,
+def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
                   sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sdob, sdon, sdoh,
                   sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
                   n, H, Hg, RS, P, W, scale_log2e, scale,
                   EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
                   DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """dk, dv for a tile of keys, over the query rows that may attend them."""
-    tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BN, HEADS)
+    tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BN, H0)
     s0 = tile * BN
     if s0 >= len_r:
         return
@@ -239,14 +239,14 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, HEADS,
 # fixed kernels (block ∪ summary; block alone; summary alone)
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _fixed_problem(pid, n, Hg, BLOCK: tl.constexpr, HEADS, SLICES, L, C):
+def _fixed_problem(pid, n, Hg, BLOCK: tl.constexpr, H0, S, L, C):
     NT = tl.cdiv(n, BLOCK)
     tile = pid % NT
     rest = pid // NT
     hh = rest % Hg
     b = rest // Hg
-    h = tl.load(HEADS + hh)
-    off = L - (tl.load(SLICES + hh) + 1) * C  # first cell of the head's summary slice in a block
+    h = H0 + hh
+    off = L - (h % S + 1) * C  # first cell of the head's summary slice (h % S) in a block
     return tile, b, h, off
 
 
@@ -261,12 +261,12 @@ def _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fixed_fwd(Q, K, V, O, LSE, HEADS, SLICES,
+def _fixed_fwd(Q, K, V, O, LSE, H0, S,
                sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
                n, H, Hg, L, C, scale_log2e,
                HAS_BLOCK: tl.constexpr, HAS_SUMMARY: tl.constexpr, IEEE: tl.constexpr,
                DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    tile, b, h, off = _fixed_problem(tl.program_id(0), n, Hg, BM, HEADS, SLICES, L, C)
+    tile, b, h, off = _fixed_problem(tl.program_id(0), n, Hg, BM, H0, S, L, C)
     i0 = tile * BM
     i = i0 + tl.arange(0, BM)
     ivalid = i < n
@@ -323,13 +323,13 @@ def _fixed_fwd(Q, K, V, O, LSE, HEADS, SLICES,
 
 
 @triton.jit
-def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, HEADS, SLICES,
+def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
                   sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh, sdob, sdon, sdoh,
                   sdqb, sdqn, sdqh,
                   n, H, Hg, L, C, scale_log2e, scale,
                   HAS_BLOCK: tl.constexpr, HAS_SUMMARY: tl.constexpr, IEEE: tl.constexpr,
                   DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    tile, b, h, off = _fixed_problem(tl.program_id(0), n, Hg, BM, HEADS, SLICES, L, C)
+    tile, b, h, off = _fixed_problem(tl.program_id(0), n, Hg, BM, H0, S, L, C)
     i0 = tile * BM
     i = i0 + tl.arange(0, BM)
     ivalid = i < n
@@ -379,14 +379,14 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, HEADS, SLICES,
 
 
 @triton.jit
-def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, HEADS, SLICES,
+def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
                         sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sdob, sdon, sdoh,
                         sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
                         n, H, Hg, L, C, scale_log2e, scale,
                         HAS_BLOCK: tl.constexpr, IEEE: tl.constexpr,
                         DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """dk, dv of every key from the queries of its own block (writes all of dk, dv)."""
-    tile, b, h, off = _fixed_problem(tl.program_id(0), n, Hg, BN, HEADS, SLICES, L, C)
+    tile, b, h, off = _fixed_problem(tl.program_id(0), n, Hg, BN, H0, S, L, C)
     j0 = tile * BN
     j = j0 + tl.arange(0, BN)
     jvalid = j < n
@@ -425,7 +425,7 @@ def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, HEADS, SLICES,
 
 
 @triton.jit
-def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, HEADS, SLICES,
+def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
                             sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sdob, sdon, sdoh,
                             sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
                             n, H, Hg, L, C, G, scale_log2e, scale,
@@ -438,8 +438,8 @@ def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, HEADS, SLICES,
     rest = pid // NT
     hh = rest % Hg
     b = rest // Hg
-    h = tl.load(HEADS + hh)
-    off = L - (tl.load(SLICES + hh) + 1) * C
+    h = H0 + hh
+    off = L - (h % S + 1) * C
     g = tile * BN + tl.arange(0, BN)
     gvalid = g < G
     kb = g // C

@@ -69,6 +69,7 @@ class Group:
     block: bool = False  # fixed: the own block part
     has_summary: bool = False  # fixed: the summary part
     slices: tuple = ()  # fixed: each head's summary slice
+    slice_mod: int = 1  # fixed: head h takes slice h % slice_mod (the kernels compute it: no device tables)
 
 
 def _group_of(parts: tuple) -> tuple[str, dict] | str:
@@ -104,7 +105,18 @@ def plan(heads: tuple) -> tuple[Group, ...] | str:
         entry = found.setdefault(key, dict(kind=kind, heads=[], slices=[], **params))
         entry["heads"].append(h)
         entry["slices"].extend(slices)
-    return tuple(Group(**{**e, "heads": tuple(e["heads"]), "slices": tuple(e["slices"])}) for e in found.values())
+    groups = []
+    for e in found.values():
+        heads_, slices = tuple(e.pop("heads")), tuple(e.pop("slices"))
+        # the kernels take a group as a first head and a count, and a summary slice as h % S (what
+        # layer_heads makes), so they read no device table: a CUDA graph pool never owns one
+        if heads_ != tuple(range(heads_[0], heads_[0] + len(heads_))):
+            return f"heads {list(heads_)} with one pattern that are not consecutive"
+        mod = next((m for m in range(1, len(heads_) + max(heads_) + 2) if all(h % m == x for h, x in zip(heads_, slices))), None)
+        if mod is None:
+            return f"summary slices {list(slices)} of heads {list(heads_)} that are not head % summary_heads"
+        groups.append(Group(**e, heads=heads_, slices=slices, slice_mod=mod))
+    return tuple(groups)
 
 
 def unsupported(heads: tuple, dims: tuple[int, int] | None = None, dtype: torch.dtype | None = None,
@@ -143,18 +155,6 @@ def _spec(spec_str: str) -> tuple[tuple[Group, ...], bool]:
 
 def _groups(spec_str: str) -> tuple[Group, ...]:
     return _spec(spec_str)[0]
-
-
-_tables: dict = {}
-
-
-def _table(values: tuple, device: torch.device) -> Tensor:
-    """Small int32 device tables (head indices, summary slices), made once: a CUDA graph captured
-    later must not see a host-to-device copy."""
-    key = (values, device.type, device.index)
-    if key not in _tables:
-        _tables[key] = torch.tensor(values, dtype=torch.int32, device=device)
-    return _tables[key]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,17 +293,15 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
     lse = torch.empty(B, H, n, dtype=torch.float32, device=q.device)
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(o))
     for g in _groups(spec_str):
-        heads = _table(g.heads, q.device)
-        Hg = len(g.heads)
+        h0, Hg = g.heads[0], len(g.heads)
         if g.kind == "fixed":
-            slices = _table(g.slices, q.device)
-            _launch("fixed_fwd", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, lse, heads, slices, *common,
+            _launch("fixed_fwd", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, lse, h0, g.slice_mod, *common,
                     n, H, Hg, g.stride, max(g.summary, 1), scale * LOG2E,
                     HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, IEEE=_ieee(q), DQK=DQK, DV=DV)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
             _launch("seq_fwd", lambda bm, bn, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm) * ps["P"] * B * Hg,
-                    q, k, v, o, lse, heads, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E,
+                    q, k, v, o, lse, h0, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E,
                     EXCL=ps["EXCL"], MERGE=p > 0, IEEE=_ieee(q), DQK=DQK, DV=DV)
     return o, lse
 
@@ -318,31 +316,29 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
     delta = torch.empty(B, H, n, dtype=torch.float32, device=q.device)
     qkv = (*_strides(q), *_strides(k), *_strides(v))
     for g in _groups(spec_str):
-        heads = _table(g.heads, q.device)
-        Hg = len(g.heads)
+        h0, Hg, S = g.heads[0], len(g.heads), g.slice_mod
         ieee = _ieee(q)
         if g.kind == "fixed":
-            slices = _table(g.slices, q.device)
             L, C = g.stride, max(g.summary, 1)
             fx = dict(IEEE=ieee, DQK=DQK, DV=DV)
-            _launch("fixed_dq", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, do, dq, lse, delta, heads, slices,
+            _launch("fixed_dq", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, do, dq, lse, delta, h0, S,
                     *qkv, *_strides(o), *_strides(do), *_strides(dq), n, H, Hg, L, C, scale * LOG2E, scale,
                     HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, **fx)
             kv_args = (*qkv, *_strides(do), *_strides(dk), *_strides(dv))
-            _launch("fixed_dkdv_own", lambda bm, bn: _cdiv(n, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta, heads, slices,
+            _launch("fixed_dkdv_own", lambda bm, bn: _cdiv(n, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta, h0, S,
                     *kv_args, n, H, Hg, L, C, scale * LOG2E, scale, HAS_BLOCK=g.block, **fx)
             G = (_cdiv(n, L) - 1) * C  # summary cells with a later block to serve
             if g.has_summary and G > 0:
                 _launch("fixed_dkdv_summary", lambda bm, bn: _cdiv(G, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta,
-                        heads, slices, *kv_args, n, H, Hg, L, C, G, scale * LOG2E, scale, **fx)
+                        h0, S, *kv_args, n, H, Hg, L, C, G, scale * LOG2E, scale, **fx)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
             sq = dict(EXCL=ps["EXCL"], ACCUM=p > 0, IEEE=ieee, DQK=DQK, DV=DV)
             shape = (n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E, scale)
             _launch("seq_dq", lambda bm, bn, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm) * ps["P"] * B * Hg,
-                    q, k, v, o, do, dq, lse, delta, heads, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **sq)
+                    q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **sq)
             _launch("seq_dkdv", lambda bm, bn, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bn) * ps["P"] * B * Hg,
-                    q, k, v, do, dk, dv, lse, delta, heads, *qkv, *_strides(do), *_strides(dk), *_strides(dv), *shape, **sq)
+                    q, k, v, do, dk, dv, lse, delta, h0, *qkv, *_strides(do), *_strides(dk), *_strides(dv), *shape, **sq)
     return dq, dk, dv
 
 
