@@ -379,6 +379,7 @@ def run_arm(name: str, spec: dict, dense: bool, mode: str, batch: int, recompute
     # slow arms (classical dense: seconds per step) time fewer steps, at least 2 per repeat
     steps = max(2, min(args.steps, int(args.max_timed_s / args.repeats / max(last_warmup_s, 1e-6))))
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # drop warm-up leftovers; the graph pools and live tensors stay reserved
         torch.cuda.reset_peak_memory_stats()
     runs = [timed(step, steps, device) for _ in range(args.repeats)]
     loss = step().detach()
@@ -400,7 +401,9 @@ def run_arm(name: str, spec: dict, dense: bool, mode: str, batch: int, recompute
                step_s_runs=[round(s, 5) for s in runs], step_s_spread=round((max(runs) - min(runs)) / step_s, 4),
                steps_timed=steps, repeats=args.repeats, tokens_per_s=round(tokens / step_s),
                mfu=round(flops / step_s / PEAK, 4), attn_flop_share=round(attn_flops / flops, 3),
-               peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+               # reserved, not allocated: a CUDA graph's private pool is allocated at capture (before the
+               # reset) and its replays allocate nothing, so max_memory_allocated misses it
+               peak_mem_gb=round(torch.cuda.max_memory_reserved() / 2**30, 2) if device.type == "cuda" else None,
                loss=round(loss.item(), 4), setup_s=round(setup_s, 1), graph_breaks=graph_breaks, profiled_steps=prof_steps,
                **prof)
     del net, opt, step, x, loss

@@ -3,7 +3,7 @@ each head attends (patterns.layer_heads) and the scale, and returns (B, H, n, dv
 
 - ``reference`` dense masked softmax, O(n^2): the oracle (float64 in tests)
 - ``blocked``   plain PyTorch, tiles against gathered keys: any device, O(n·keys per query)
-- ``sdpa``      dense causal only, scaled_dot_product_attention (FlashAttention on CUDA)
+- ``sdpa``      dense causal only, scaled_dot_product_attention (its own kernel choice: cuDNN on Hopper)
 - ``flex``      CUDA, FlexAttention block-sparse kernels (see backends/flex.py); any pattern
 - ``triton``    CUDA, kernels specialised to the paper's patterns (see backends/triton.py)
 - ``auto``      sdpa for dense (any device); on CUDA triton where its kernels apply, else flex;

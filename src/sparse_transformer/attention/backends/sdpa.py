@@ -1,5 +1,6 @@
-"""Dense causal attention through ``torch.nn.functional.scaled_dot_product_attention``
-(FlashAttention on CUDA): the baseline every sparse path is measured against."""
+"""Dense causal attention through ``torch.nn.functional.scaled_dot_product_attention`` with SDPA's
+own kernel choice (cuDNN attention on Hopper with torch 2.11, FlashAttention or memory-efficient
+elsewhere). Benchmarks time every SDPA kernel and measure sparse paths against the fastest."""
 
 from __future__ import annotations
 
