@@ -84,7 +84,7 @@ class AttentionConfig:
     layout: Optional[list[str]] = None
     """An explicit cycle of patterns per residual block, e.g. [stride, local, local, local]; wins over integration."""
     backend: str = "auto"
-    """auto | reference | blocked | sdpa | flex (auto: sdpa for dense; flex for sparse on CUDA, blocked on CPU)."""
+    """auto | reference | blocked | sdpa | flex | triton (auto: sdpa for dense; on CUDA triton where its kernels apply, else flex; blocked on CPU)."""
 
 
 @dataclass
@@ -284,7 +284,7 @@ class SampleConfig:
     cache: str = "sparse"
     """sparse (each step attends only its pattern's keys) | dense (every cached key, masked) | none (recompute)."""
     backend: str = "auto"
-    """Attention backend of full passes, i.e. the prefix (auto: blocked on CPU, flex on CUDA), whatever the checkpoint trained with."""
+    """Attention backend of full passes, i.e. the prefix (auto: blocked on CPU; on CUDA triton, or flex where its kernels do not apply), whatever the checkpoint trained with."""
     device: str = "auto"
     """auto (cuda if available) | cpu | cuda | cuda:<index>."""
     seed: int = 0
@@ -308,7 +308,7 @@ class EvalConfig:
     limit: Optional[int] = None
     """Score at most this many windows (a quick check; the JSON then says complete: false)."""
     backend: str = "auto"
-    """Attention backend (auto: blocked on CPU, flex on CUDA), whatever the checkpoint trained with."""
+    """Attention backend (auto: blocked on CPU; on CUDA triton, or flex where its kernels do not apply), whatever the checkpoint trained with."""
     device: str = "auto"
     """auto (cuda if available) | cpu | cuda | cuda:<index>."""
     out: Optional[str] = None
