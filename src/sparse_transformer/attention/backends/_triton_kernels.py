@@ -29,8 +29,6 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 
 @triton.jit
@@ -38,6 +36,60 @@ def _dot(a, b, IEEE: tl.constexpr):
     if IEEE:
         return tl.dot(a, b, input_precision="ieee")
     return tl.dot(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# The steps every kernel shares
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _rows(X, base, pos, stride, d, valid):
+    """Rows ``pos`` (int64) of a (B, n, H, d) tensor at head offset ``base``: (len(pos), D)."""
+    return tl.load(X + base + pos[:, None] * stride + d[None, :], mask=valid[:, None], other=0.0)
+
+
+@triton.jit
+def _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE: tl.constexpr):
+    """One key tile of the online softmax (base 2, fp32). A row with no allowed key so far keeps
+    m = -inf and l = 0 (its shift is 0, so no inf - inf)."""
+    s = tl.where(allowed, _dot(q, tl.trans(k), IEEE) * scale_log2e, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+
+
+@triton.jit
+def _finish(acc, m_i, l_i):
+    """(o, lse in natural log): 0 and -inf for a row with no key."""
+    empty = l_i == 0.0
+    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    return o, lse
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, row, valid):
+    """The union's lse (base 2; +inf on empty rows, so p = 0 there) and Δ = rowsum(dO·O) of rows ``row``."""
+    lse2 = tl.load(LSE + row, mask=valid, other=0.0) * 1.4426950408889634
+    return tl.where(lse2 == float("-inf"), float("inf"), lse2), tl.load(DELTA + row, mask=valid, other=0.0)
+
+
+@triton.jit
+def _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, IEEE: tl.constexpr):
+    """dq contribution (unscaled) of one key tile: dS·K with dS = P ∘ (dO·Vᵀ − Δ)."""
+    p = tl.where(allowed, tl.exp2(_dot(q, tl.trans(k), IEEE) * scale_log2e - lse2[:, None]), 0.0)
+    ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
+    return _dot(ds.to(k.dtype), k, IEEE)
+
+
+@triton.jit
+def _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE: tl.constexpr):
+    """(dk unscaled, dv) contributions of one query tile to a key tile, in transposed form."""
+    p_t = tl.where(allowed_t, tl.exp2(_dot(k, tl.trans(q), IEEE) * scale_log2e - lse2[None, :]), 0.0)
+    dv = _dot(p_t.to(do.dtype), do, IEEE)
+    ds_t = p_t * (_dot(v, tl.trans(do), IEEE) - delta[None, :])
+    return _dot(ds_t.to(q.dtype), q, IEEE), dv
 
 
 # ------------------------------------------------------------------------------------------------
@@ -58,7 +110,13 @@ def _seq_problem(pid, n, Hg, RS, P, BLOCK: tl.constexpr, H0):
     b = rest // P
     h = H0 + hh
     len_r = (n - r + RS - 1) // RS
-    return tile, b, h, r, len_r
+    return tile, b.to(tl.int64), h.to(tl.int64), r, len_r
+
+
+@triton.jit
+def _seq_allowed(t, tk, len_r, W, EXCL: tl.constexpr):
+    """Rows t may attend keys t' in (t - W, t - EXCL] of the problem (len_r rows)."""
+    return (tk[None, :] <= t[:, None] - EXCL) & (t[:, None] - tk[None, :] < W) & (tk < len_r)[None, :]
 
 
 @triton.jit
@@ -73,57 +131,34 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
         return
     t = t0 + tl.arange(0, BM)
     pos = (r + t * RS).to(tl.int64)
-    tvalid = t < len_r
-    dq = tl.arange(0, DQK)
-    dv = tl.arange(0, DV)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    q = tl.load(Q + b64 * sqb + h64 * sqh + pos[:, None] * sqn + dq[None, :], mask=tvalid[:, None], other=0.0)
-
+    valid = t < len_r
+    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
+    q = _rows(Q, b * sqb + h * sqh, pos, sqn, dq, valid)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    lo = tl.maximum(t0 - W + 1, 0) // BN * BN
-    hi = tl.minimum(t0 + BM - EXCL, len_r)
-    kbase = K + b64 * skb + h64 * skh
-    vbase = V + b64 * svb + h64 * svh
-    for s0 in range(lo, hi, BN):
+    for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
         tk = s0 + tl.arange(0, BN)
-        kvalid = tk < len_r
         kpos = (r + tk * RS).to(tl.int64)
-        k = tl.load(kbase + kpos[:, None] * skn + dq[None, :], mask=kvalid[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), IEEE) * scale_log2e
-        allowed = (tk[None, :] <= t[:, None] - EXCL) & (t[:, None] - tk[None, :] < W) & kvalid[None, :]
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vbase + kpos[:, None] * svn + dv[None, :], mask=kvalid[:, None], other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m_i = m_new
-
-    empty = l_i == 0.0
-    o = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
-    optr = O + b64 * sob + h64 * soh + pos[:, None] * son + dv[None, :]
-    lptr = LSE + (b64 * H + h64) * n + pos
+        k = _rows(K, b * skb + h * skh, kpos, skn, dq, tk < len_r)
+        v = _rows(V, b * svb + h * svh, kpos, svn, dv, tk < len_r)
+        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, len_r, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
+    o, lse = _finish(acc, m_i, l_i)
+    optr = O + b * sob + h * soh + pos[:, None] * son + dv[None, :]
+    lptr = LSE + (b * H + h) * n + pos
     if MERGE:  # union with the first pass's softmax over disjoint keys, by log-sum-exp
-        lse0 = tl.load(lptr, mask=tvalid, other=float("-inf"))
-        o0 = tl.load(optr, mask=tvalid[:, None], other=0.0).to(tl.float32)
+        lse0 = tl.load(lptr, mask=valid, other=float("-inf"))
+        o0 = tl.load(optr, mask=valid[:, None], other=0.0).to(tl.float32)
         mx = tl.maximum(lse0, lse)
         mx = tl.where(mx == float("-inf"), 0.0, mx)
         z = tl.exp(lse0 - mx) + tl.exp(lse - mx)
         nz = z > 0.0
         lse_u = tl.where(nz, mx + tl.log(tl.where(nz, z, 1.0)), float("-inf"))
         ref = tl.where(nz, lse_u, 0.0)
-        w0 = tl.where(nz, tl.exp(lse0 - ref), 0.0)
-        w1 = tl.where(nz, tl.exp(lse - ref), 0.0)
-        o = o0 * w0[:, None] + o * w1[:, None]
+        o = o0 * tl.where(nz, tl.exp(lse0 - ref), 0.0)[:, None] + o * tl.where(nz, tl.exp(lse - ref), 0.0)[:, None]
         lse = lse_u
-    tl.store(optr, o.to(O.dtype.element_ty), mask=tvalid[:, None])
-    tl.store(lptr, lse, mask=tvalid)
+    tl.store(optr, o.to(O.dtype.element_ty), mask=valid[:, None])
+    tl.store(lptr, lse, mask=valid)
 
 
 @triton.jit
@@ -140,45 +175,27 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
         return
     t = t0 + tl.arange(0, BM)
     pos = (r + t * RS).to(tl.int64)
-    tvalid = t < len_r
-    dq_ = tl.arange(0, DQK)
-    dv_ = tl.arange(0, DV)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    q = tl.load(Q + b64 * sqb + h64 * sqh + pos[:, None] * sqn + dq_[None, :], mask=tvalid[:, None], other=0.0)
-    do = tl.load(DO + b64 * sdob + h64 * sdoh + pos[:, None] * sdon + dv_[None, :], mask=tvalid[:, None], other=0.0)
-    row = (b64 * H + h64) * n + pos
-    lse2 = tl.load(LSE + row, mask=tvalid, other=0.0) * 1.4426950408889634
-    lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)  # empty rows: p = 0
-    if ACCUM:
-        delta = tl.load(DELTA + row, mask=tvalid, other=0.0)
-    else:
-        o = tl.load(O + b64 * sob + h64 * soh + pos[:, None] * son + dv_[None, :], mask=tvalid[:, None], other=0.0)
-        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-        tl.store(DELTA + row, delta, mask=tvalid)
-
+    valid = t < len_r
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    q = _rows(Q, b * sqb + h * sqh, pos, sqn, dq_, valid)
+    do = _rows(DO, b * sdob + h * sdoh, pos, sdon, dv_, valid)
+    row = (b * H + h) * n + pos
+    if not ACCUM:
+        o = _rows(O, b * sob + h * soh, pos, son, dv_, valid)
+        tl.store(DELTA + row, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=valid)
+    lse2, delta = _row_stats(LSE, DELTA, row, valid)
     acc = tl.zeros([BM, DQK], tl.float32)
-    lo = tl.maximum(t0 - W + 1, 0) // BN * BN
-    hi = tl.minimum(t0 + BM - EXCL, len_r)
-    kbase = K + b64 * skb + h64 * skh
-    vbase = V + b64 * svb + h64 * svh
-    for s0 in range(lo, hi, BN):
+    for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
         tk = s0 + tl.arange(0, BN)
-        kvalid = tk < len_r
         kpos = (r + tk * RS).to(tl.int64)
-        k = tl.load(kbase + kpos[:, None] * skn + dq_[None, :], mask=kvalid[:, None], other=0.0)
-        v = tl.load(vbase + kpos[:, None] * svn + dv_[None, :], mask=kvalid[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), IEEE) * scale_log2e
-        allowed = (tk[None, :] <= t[:, None] - EXCL) & (t[:, None] - tk[None, :] < W) & kvalid[None, :]
-        p = tl.where(allowed, tl.exp2(s - lse2[:, None]), 0.0)
-        dp = _dot(do, tl.trans(v), IEEE)
-        ds = p * (dp - delta[:, None])
-        acc += _dot(ds.to(k.dtype), k, IEEE)
+        k = _rows(K, b * skb + h * skh, kpos, skn, dq_, tk < len_r)
+        v = _rows(V, b * svb + h * svh, kpos, svn, dv_, tk < len_r)
+        acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, IEEE)
     acc = acc * scale
-    dqptr = DQ + b64 * sdqb + h64 * sdqh + pos[:, None] * sdqn + dq_[None, :]
+    dqptr = DQ + b * sdqb + h * sdqh + pos[:, None] * sdqn + dq_[None, :]
     if ACCUM:
-        acc += tl.load(dqptr, mask=tvalid[:, None], other=0.0).to(tl.float32)
-    tl.store(dqptr, acc.to(DQ.dtype.element_ty), mask=tvalid[:, None])
+        acc += tl.load(dqptr, mask=valid[:, None], other=0.0).to(tl.float32)
+    tl.store(dqptr, acc.to(DQ.dtype.element_ty), mask=valid[:, None])
 
 
 @triton.jit
@@ -196,38 +213,25 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
     tk = s0 + tl.arange(0, BN)
     kvalid = tk < len_r
     kpos = (r + tk * RS).to(tl.int64)
-    dq_ = tl.arange(0, DQK)
-    dv_ = tl.arange(0, DV)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    k = tl.load(K + b64 * skb + h64 * skh + kpos[:, None] * skn + dq_[None, :], mask=kvalid[:, None], other=0.0)
-    v = tl.load(V + b64 * svb + h64 * svh + kpos[:, None] * svn + dv_[None, :], mask=kvalid[:, None], other=0.0)
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    k = _rows(K, b * skb + h * skh, kpos, skn, dq_, kvalid)
+    v = _rows(V, b * svb + h * svh, kpos, svn, dv_, kvalid)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
-    lo = (s0 + EXCL) // BM * BM
-    hi = tl.minimum(s0 + BN - 1 + W, len_r)
-    qbase = Q + b64 * sqb + h64 * sqh
-    dobase = DO + b64 * sdob + h64 * sdoh
-    rowbase = (b64 * H + h64) * n
-    for t0 in range(lo, hi, BM):
+    for t0 in range((s0 + EXCL) // BM * BM, tl.minimum(s0 + BN - 1 + W, len_r), BM):
         t = t0 + tl.arange(0, BM)
-        tvalid = t < len_r
+        valid = t < len_r
         pos = (r + t * RS).to(tl.int64)
-        q = tl.load(qbase + pos[:, None] * sqn + dq_[None, :], mask=tvalid[:, None], other=0.0)
-        do = tl.load(dobase + pos[:, None] * sdon + dv_[None, :], mask=tvalid[:, None], other=0.0)
-        lse2 = tl.load(LSE + rowbase + pos, mask=tvalid, other=0.0) * 1.4426950408889634
-        lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
-        delta = tl.load(DELTA + rowbase + pos, mask=tvalid, other=0.0)
-        sT = _dot(k, tl.trans(q), IEEE) * scale_log2e
-        allowed = (tk[:, None] <= t[None, :] - EXCL) & (t[None, :] - tk[:, None] < W) & tvalid[None, :] & kvalid[:, None]
-        pT = tl.where(allowed, tl.exp2(sT - lse2[None, :]), 0.0)
-        dv += _dot(pT.to(do.dtype), do, IEEE)
-        dpT = _dot(v, tl.trans(do), IEEE)
-        dsT = pT * (dpT - delta[None, :])
-        dk += _dot(dsT.to(q.dtype), q, IEEE)
+        q = _rows(Q, b * sqb + h * sqh, pos, sqn, dq_, valid)
+        do = _rows(DO, b * sdob + h * sdoh, pos, sdon, dv_, valid)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
+        allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
+        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
+        dk += ddk
+        dv += ddv
     dk = dk * scale
-    dkptr = DK + b64 * sdkb + h64 * sdkh + kpos[:, None] * sdkn + dq_[None, :]
-    dvptr = DV_ + b64 * sdvb + h64 * sdvh + kpos[:, None] * sdvn + dv_[None, :]
+    dkptr = DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :]
+    dvptr = DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :]
     if ACCUM:
         dk += tl.load(dkptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
         dv += tl.load(dvptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
@@ -239,15 +243,12 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
 # fixed kernels (block ∪ summary; block alone; summary alone)
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _fixed_problem(pid, n, Hg, BLOCK: tl.constexpr, H0, S, L, C):
-    NT = tl.cdiv(n, BLOCK)
+def _fixed_problem(pid, NT, Hg, H0, S, L, C):
+    """(tile, b, h, off) of program ``pid``; off: the first cell of head h's summary slice h % S."""
     tile = pid % NT
     rest = pid // NT
-    hh = rest % Hg
-    b = rest // Hg
-    h = H0 + hh
-    off = L - (h % S + 1) * C  # first cell of the head's summary slice (h % S) in a block
-    return tile, b, h, off
+    h = H0 + rest % Hg
+    return tile, (rest // Hg).to(tl.int64), h.to(tl.int64), L - (h % S + 1) * C
 
 
 @triton.jit
@@ -261,65 +262,47 @@ def _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _summary_keys(g0, G, L, C, off, BN: tl.constexpr):
+    """Gathered summary index g -> (its block, its position int64, valid) for g in [g0, g0 + BN)."""
+    g = g0 + tl.arange(0, BN)
+    kb = g // C
+    return kb, (kb * L + off + g % C).to(tl.int64), g < G
+
+
+@triton.jit
 def _fixed_fwd(Q, K, V, O, LSE, H0, S,
                sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
                n, H, Hg, L, C, scale_log2e,
                HAS_BLOCK: tl.constexpr, HAS_SUMMARY: tl.constexpr, IEEE: tl.constexpr,
                DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    tile, b, h, off = _fixed_problem(tl.program_id(0), n, Hg, BM, H0, S, L, C)
+    tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
     i0 = tile * BM
     i = i0 + tl.arange(0, BM)
-    ivalid = i < n
+    valid = i < n
+    i64 = i.to(tl.int64)
     i_last = tl.minimum(i0 + BM, n) - 1
-    dq = tl.arange(0, DQK)
-    dv = tl.arange(0, DV)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    q = tl.load(Q + b64 * sqb + h64 * sqh + i[:, None].to(tl.int64) * sqn + dq[None, :], mask=ivalid[:, None], other=0.0)
-    kbase = K + b64 * skb + h64 * skh
-    vbase = V + b64 * svb + h64 * svh
+    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
+    q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq, valid)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    blk_i = i // L
-    if HAS_SUMMARY:  # the prior blocks' summary cells: gathered index g -> block g // C
+    if HAS_SUMMARY:  # the prior blocks' summary cells
         g_hi = (i_last // L) * C
         for g0 in range(0, g_hi, BN):
-            g = g0 + tl.arange(0, BN)
-            gvalid = g < g_hi
-            kb = g // C
-            kpos = (kb * L + off + g % C).to(tl.int64)
-            k = tl.load(kbase + kpos[:, None] * skn + dq[None, :], mask=gvalid[:, None], other=0.0)
-            s = _dot(q, tl.trans(k), IEEE) * scale_log2e
-            s = tl.where((kb[None, :] < blk_i[:, None]) & gvalid[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(vbase + kpos[:, None] * svn + dv[None, :], mask=gvalid[:, None], other=0.0)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-            m_i = m_new
-    lo = (i0 // L * L) // BN * BN
-    for j0 in range(lo, i_last + 1, BN):  # the own block, causal
+            kb, kpos, gvalid = _summary_keys(g0, g_hi, L, C, off, BN)
+            k = _rows(K, b * skb + h * skh, kpos, skn, dq, gvalid)
+            v = _rows(V, b * svb + h * svh, kpos, svn, dv, gvalid)
+            allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
+            m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
+    for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):  # the own block, causal
         j = j0 + tl.arange(0, BN)
-        jvalid = j < n
-        k = tl.load(kbase + j[:, None].to(tl.int64) * skn + dq[None, :], mask=jvalid[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), IEEE) * scale_log2e
-        s = tl.where(_fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vbase + j[:, None].to(tl.int64) * svn + dv[None, :], mask=jvalid[:, None], other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m_i = m_new
-    empty = l_i == 0.0
-    o = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
-    tl.store(O + b64 * sob + h64 * soh + i[:, None].to(tl.int64) * son + dv[None, :], o.to(O.dtype.element_ty), mask=ivalid[:, None])
-    tl.store(LSE + (b64 * H + h64) * n + i, lse, mask=ivalid)
+        k = _rows(K, b * skb + h * skh, j.to(tl.int64), skn, dq, j < n)
+        v = _rows(V, b * svb + h * svh, j.to(tl.int64), svn, dv, j < n)
+        allowed = _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK)
+        m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
+    o, lse = _finish(acc, m_i, l_i)
+    tl.store(O + b * sob + h * soh + i64[:, None] * son + dv[None, :], o.to(O.dtype.element_ty), mask=valid[:, None])
+    tl.store(LSE + (b * H + h) * n + i64, lse, mask=valid)
 
 
 @triton.jit
@@ -329,53 +312,36 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
                   n, H, Hg, L, C, scale_log2e, scale,
                   HAS_BLOCK: tl.constexpr, HAS_SUMMARY: tl.constexpr, IEEE: tl.constexpr,
                   DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    tile, b, h, off = _fixed_problem(tl.program_id(0), n, Hg, BM, H0, S, L, C)
+    """dq (both loops of the forward); also computes and stores Δ = rowsum(dO·O)."""
+    tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
     i0 = tile * BM
     i = i0 + tl.arange(0, BM)
-    ivalid = i < n
-    i_last = tl.minimum(i0 + BM, n) - 1
-    dq_ = tl.arange(0, DQK)
-    dv_ = tl.arange(0, DV)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
+    valid = i < n
     i64 = i.to(tl.int64)
-    q = tl.load(Q + b64 * sqb + h64 * sqh + i64[:, None] * sqn + dq_[None, :], mask=ivalid[:, None], other=0.0)
-    do = tl.load(DO + b64 * sdob + h64 * sdoh + i64[:, None] * sdon + dv_[None, :], mask=ivalid[:, None], other=0.0)
-    o = tl.load(O + b64 * sob + h64 * soh + i64[:, None] * son + dv_[None, :], mask=ivalid[:, None], other=0.0)
-    row = (b64 * H + h64) * n + i64
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + row, delta, mask=ivalid)
-    lse2 = tl.load(LSE + row, mask=ivalid, other=0.0) * 1.4426950408889634
-    lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
-    kbase = K + b64 * skb + h64 * skh
-    vbase = V + b64 * svb + h64 * svh
+    i_last = tl.minimum(i0 + BM, n) - 1
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq_, valid)
+    do = _rows(DO, b * sdob + h * sdoh, i64, sdon, dv_, valid)
+    o = _rows(O, b * sob + h * soh, i64, son, dv_, valid)
+    row = (b * H + h) * n + i64
+    tl.store(DELTA + row, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=valid)
+    lse2, delta = _row_stats(LSE, DELTA, row, valid)
     acc = tl.zeros([BM, DQK], tl.float32)
-    blk_i = i // L
     if HAS_SUMMARY:
         g_hi = (i_last // L) * C
         for g0 in range(0, g_hi, BN):
-            g = g0 + tl.arange(0, BN)
-            gvalid = g < g_hi
-            kb = g // C
-            kpos = (kb * L + off + g % C).to(tl.int64)
-            k = tl.load(kbase + kpos[:, None] * skn + dq_[None, :], mask=gvalid[:, None], other=0.0)
-            v = tl.load(vbase + kpos[:, None] * svn + dv_[None, :], mask=gvalid[:, None], other=0.0)
-            s = _dot(q, tl.trans(k), IEEE) * scale_log2e
-            p = tl.where((kb[None, :] < blk_i[:, None]) & gvalid[None, :], tl.exp2(s - lse2[:, None]), 0.0)
-            dp = _dot(do, tl.trans(v), IEEE)
-            acc += _dot((p * (dp - delta[:, None])).to(k.dtype), k, IEEE)
-    lo = (i0 // L * L) // BN * BN
-    for j0 in range(lo, i_last + 1, BN):
+            kb, kpos, gvalid = _summary_keys(g0, g_hi, L, C, off, BN)
+            k = _rows(K, b * skb + h * skh, kpos, skn, dq_, gvalid)
+            v = _rows(V, b * svb + h * svh, kpos, svn, dv_, gvalid)
+            allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
+            acc += _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, IEEE)
+    for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):
         j = j0 + tl.arange(0, BN)
-        jvalid = j < n
-        k = tl.load(kbase + j[:, None].to(tl.int64) * skn + dq_[None, :], mask=jvalid[:, None], other=0.0)
-        v = tl.load(vbase + j[:, None].to(tl.int64) * svn + dv_[None, :], mask=jvalid[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), IEEE) * scale_log2e
-        p = tl.where(_fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK), tl.exp2(s - lse2[:, None]), 0.0)
-        dp = _dot(do, tl.trans(v), IEEE)
-        acc += _dot((p * (dp - delta[:, None])).to(k.dtype), k, IEEE)
-    acc = acc * scale
-    tl.store(DQ + b64 * sdqb + h64 * sdqh + i64[:, None] * sdqn + dq_[None, :], acc.to(DQ.dtype.element_ty), mask=ivalid[:, None])
+        k = _rows(K, b * skb + h * skh, j.to(tl.int64), skn, dq_, j < n)
+        v = _rows(V, b * svb + h * svh, j.to(tl.int64), svn, dv_, j < n)
+        acc += _dq_step(q, do, k, v, _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK), lse2, delta, scale_log2e, IEEE)
+    tl.store(DQ + b * sdqb + h * sdqh + i64[:, None] * sdqn + dq_[None, :], (acc * scale).to(DQ.dtype.element_ty),
+             mask=valid[:, None])
 
 
 @triton.jit
@@ -386,42 +352,31 @@ def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
                         HAS_BLOCK: tl.constexpr, IEEE: tl.constexpr,
                         DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """dk, dv of every key from the queries of its own block (writes all of dk, dv)."""
-    tile, b, h, off = _fixed_problem(tl.program_id(0), n, Hg, BN, H0, S, L, C)
+    tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BN), Hg, H0, S, L, C)
     j0 = tile * BN
     j = j0 + tl.arange(0, BN)
     jvalid = j < n
     j64 = j.to(tl.int64)
-    dq_ = tl.arange(0, DQK)
-    dv_ = tl.arange(0, DV)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    k = tl.load(K + b64 * skb + h64 * skh + j64[:, None] * skn + dq_[None, :], mask=jvalid[:, None], other=0.0)
-    v = tl.load(V + b64 * svb + h64 * svh + j64[:, None] * svn + dv_[None, :], mask=jvalid[:, None], other=0.0)
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    k = _rows(K, b * skb + h * skh, j64, skn, dq_, jvalid)
+    v = _rows(V, b * svb + h * svh, j64, svn, dv_, jvalid)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
     j_last = tl.minimum(j0 + BN, n) - 1
-    hi = tl.minimum((j_last // L + 1) * L, n)
-    qbase = Q + b64 * sqb + h64 * sqh
-    dobase = DO + b64 * sdob + h64 * sdoh
-    rowbase = (b64 * H + h64) * n
-    for i0 in range(j0 // BM * BM, hi, BM):
+    for i0 in range(j0 // BM * BM, tl.minimum((j_last // L + 1) * L, n), BM):
         i = i0 + tl.arange(0, BM)
-        ivalid = i < n
+        valid = i < n
         i64 = i.to(tl.int64)
-        q = tl.load(qbase + i64[:, None] * sqn + dq_[None, :], mask=ivalid[:, None], other=0.0)
-        do = tl.load(dobase + i64[:, None] * sdon + dv_[None, :], mask=ivalid[:, None], other=0.0)
-        lse2 = tl.load(LSE + rowbase + i64, mask=ivalid, other=0.0) * 1.4426950408889634
-        lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
-        delta = tl.load(DELTA + rowbase + i64, mask=ivalid, other=0.0)
-        sT = _dot(k, tl.trans(q), IEEE) * scale_log2e
-        allowed = tl.trans(_fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK)) & ivalid[None, :]
-        pT = tl.where(allowed, tl.exp2(sT - lse2[None, :]), 0.0)
-        dv += _dot(pT.to(do.dtype), do, IEEE)
-        dpT = _dot(v, tl.trans(do), IEEE)
-        dk += _dot((pT * (dpT - delta[None, :])).to(q.dtype), q, IEEE)
-    dk = dk * scale
-    tl.store(DK + b64 * sdkb + h64 * sdkh + j64[:, None] * sdkn + dq_[None, :], dk.to(DK.dtype.element_ty), mask=jvalid[:, None])
-    tl.store(DV_ + b64 * sdvb + h64 * sdvh + j64[:, None] * sdvn + dv_[None, :], dv.to(DV_.dtype.element_ty), mask=jvalid[:, None])
+        q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq_, valid)
+        do = _rows(DO, b * sdob + h * sdoh, i64, sdon, dv_, valid)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + i64, valid)
+        allowed_t = tl.trans(_fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK)) & valid[None, :]
+        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
+        dk += ddk
+        dv += ddv
+    tl.store(DK + b * sdkb + h * sdkh + j64[:, None] * sdkn + dq_[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=jvalid[:, None])
+    tl.store(DV_ + b * sdvb + h * sdvh + j64[:, None] * sdvn + dv_[None, :], dv.to(DV_.dtype.element_ty), mask=jvalid[:, None])
 
 
 @triton.jit
@@ -432,47 +387,27 @@ def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
                             IEEE: tl.constexpr,
                             DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Adds to the summary cells' dk, dv what every later block's queries contribute."""
-    NT = tl.cdiv(G, BN)
-    pid = tl.program_id(0)
-    tile = pid % NT
-    rest = pid // NT
-    hh = rest % Hg
-    b = rest // Hg
-    h = H0 + hh
-    off = L - (h % S + 1) * C
-    g = tile * BN + tl.arange(0, BN)
-    gvalid = g < G
-    kb = g // C
-    kpos = (kb * L + off + g % C).to(tl.int64)
-    dq_ = tl.arange(0, DQK)
-    dv_ = tl.arange(0, DV)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    k = tl.load(K + b64 * skb + h64 * skh + kpos[:, None] * skn + dq_[None, :], mask=gvalid[:, None], other=0.0)
-    v = tl.load(V + b64 * svb + h64 * svh + kpos[:, None] * svn + dv_[None, :], mask=gvalid[:, None], other=0.0)
+    tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(G, BN), Hg, H0, S, L, C)
+    kb, kpos, gvalid = _summary_keys(tile * BN, G, L, C, off, BN)
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    k = _rows(K, b * skb + h * skh, kpos, skn, dq_, gvalid)
+    v = _rows(V, b * svb + h * svh, kpos, svn, dv_, gvalid)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
-    qbase = Q + b64 * sqb + h64 * sqh
-    dobase = DO + b64 * sdob + h64 * sdoh
-    rowbase = (b64 * H + h64) * n
     first = ((tile * BN) // C + 1) * L  # the block after the tile's first summary cell
     for i0 in range(first // BM * BM, n, BM):
         i = i0 + tl.arange(0, BM)
-        ivalid = i < n
+        valid = i < n
         i64 = i.to(tl.int64)
-        q = tl.load(qbase + i64[:, None] * sqn + dq_[None, :], mask=ivalid[:, None], other=0.0)
-        do = tl.load(dobase + i64[:, None] * sdon + dv_[None, :], mask=ivalid[:, None], other=0.0)
-        lse2 = tl.load(LSE + rowbase + i64, mask=ivalid, other=0.0) * 1.4426950408889634
-        lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
-        delta = tl.load(DELTA + rowbase + i64, mask=ivalid, other=0.0)
-        sT = _dot(k, tl.trans(q), IEEE) * scale_log2e
-        allowed = (kb[:, None] < (i // L)[None, :]) & gvalid[:, None] & ivalid[None, :]
-        pT = tl.where(allowed, tl.exp2(sT - lse2[None, :]), 0.0)
-        dv += _dot(pT.to(do.dtype), do, IEEE)
-        dpT = _dot(v, tl.trans(do), IEEE)
-        dk += _dot((pT * (dpT - delta[None, :])).to(q.dtype), q, IEEE)
-    dkptr = DK + b64 * sdkb + h64 * sdkh + kpos[:, None] * sdkn + dq_[None, :]
-    dvptr = DV_ + b64 * sdvb + h64 * sdvh + kpos[:, None] * sdvn + dv_[None, :]
+        q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq_, valid)
+        do = _rows(DO, b * sdob + h * sdoh, i64, sdon, dv_, valid)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + i64, valid)
+        allowed_t = (kb[:, None] < (i // L)[None, :]) & gvalid[:, None] & valid[None, :]
+        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
+        dk += ddk
+        dv += ddv
+    dkptr = DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :]
+    dvptr = DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :]
     dk = dk * scale + tl.load(dkptr, mask=gvalid[:, None], other=0.0).to(tl.float32)
     dv = dv + tl.load(dvptr, mask=gvalid[:, None], other=0.0).to(tl.float32)
     tl.store(dkptr, dk.to(DK.dtype.element_ty), mask=gvalid[:, None])

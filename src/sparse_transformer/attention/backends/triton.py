@@ -189,30 +189,10 @@ def _patch_interpreter() -> None:
     interpreter._sparse_transformer_patched = True
 
 
-def _patch_interpreter() -> None:
-    """Triton 3.6's interpreter turns a scalar into a loop bound with ``int(array)``, which NumPy
-    >= 2.4 refuses for its 1-element arrays; read the element instead (interpreter only)."""
-    from triton.runtime import interpreter
-
-    if getattr(interpreter, "_sparse_transformer_patched", False) or not hasattr(interpreter, "_patch_lang_tensor"):
-        return
-    original = interpreter._patch_lang_tensor
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    interpreter._patch_lang_tensor = patched
-    interpreter._sparse_transformer_patched = True
-
-
 @lru_cache(maxsize=None)
 def _kernels():
     import triton
     import triton.testing
-
-    if interpreting():
-        _patch_interpreter()
 
     if interpreting():
         _patch_interpreter()
