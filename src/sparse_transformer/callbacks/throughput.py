@@ -101,14 +101,14 @@ class WindowThroughput(Callback):
             torch.cuda.synchronize()  # once per window: the work queued so far is done
         return time.perf_counter()
 
-    def _start(self, trainer) -> None:
-        self._t0, self._elapsed, self._tokens, self._samples = self._now(trainer), 0.0, 0, 0
+    def _start(self, t0: float) -> None:
+        self._t0, self._elapsed, self._tokens, self._samples = t0, 0.0, 0, 0
 
     @rank_zero_only
     def on_train_start(self, trainer, pl_module) -> None:
         self._reset()
         if self.warmup == 0:
-            self._start(trainer)
+            self._start(self._now(trainer))
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -119,11 +119,12 @@ class WindowThroughput(Callback):
             return
         self._steps += 1
         if self._steps == self.warmup:
-            self._start(trainer)
+            self._start(self._now(trainer))
         elif self._steps > self.warmup and (self._steps - self.warmup) % self.window == 0 and self._t0 is not None:
-            seconds = self._elapsed + self._now(trainer) - self._t0
+            now = self._now(trainer)  # this window's end is the next one's start
+            seconds = self._elapsed + now - self._t0
             self._log(trainer, self._tokens / seconds, self._samples / seconds)
-            self._start(trainer)
+            self._start(now)
 
     def _log(self, trainer, tokens_per_s: float, samples_per_s: float) -> None:
         flops = tokens_per_s * self.train_fpt
