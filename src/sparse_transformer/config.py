@@ -598,7 +598,7 @@ def check(cfg: DictConfig) -> None:
     _need(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1,
           f"trainer.checkpoint_every_n_steps={t.checkpoint_every_n_steps} must be >= 1 or null")
     _need(t.log_every_n_steps >= 1, f"trainer.log_every_n_steps={t.log_every_n_steps} must be >= 1")
-    _need(t.max_bad_steps >= 0, f"trainer.max_bad_steps={t.max_bad_steps} must be >= 0 (0: no check)")
+    _need(t.max_bad_steps >= 0, f"trainer.max_bad_steps={t.max_bad_steps} must be >= 0 (0: never stop)")
     check_resume(cfg)
     _need(lg.kind in LOGGERS, f"logger.kind={lg.kind} is unknown; valid: {', '.join(LOGGERS)}")
     cb = cfg.callbacks
