@@ -6,14 +6,15 @@ throughput windows and the thinned SIGTERM broadcast."""
 from __future__ import annotations
 
 import math
-import traceback
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from sparse_transformer.config import load_config
+from tests import fault_run as fr
 from tests.helpers import one_thread  # noqa: F401  (autouse: torch on one thread)
+from tests.sync_hooks import HostReads, SyncDebug
 
 TINY = ["exp=default", "model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
         "data.batch_size=8", "data.val_windows=4", "optim.warmup_steps=3", "trainer.enable_progress_bar=false",
@@ -117,76 +118,36 @@ def test_a_skipped_step_leaves_weights_and_adamw_state_bit_identical(tmp_path, m
 # ------------------------------------------------------------------------------------------------
 # No host read in a steady-state step
 # ------------------------------------------------------------------------------------------------
-K = 4  # trainer.log_every_n_steps: the host reads the device at the end of steps 3, 7, 11, ...
+K = 4  # log_every_n_steps, throughput window and warm-up: the host reads the device after steps 3, 7, 11, ...
+STEADY = [f"trainer.log_every_n_steps={K}", f"callbacks.throughput.window={K}", f"callbacks.throughput.warmup={K}",
+          "trainer.enable_progress_bar=true", "logger.kind=csv"]
 
 
-def _steady(step: int) -> bool:
-    """Steps that neither read the device by design (log_every_n_steps, throughput windows of K
-    after a warm-up of K) nor warm anything up."""
-    return step >= 2 * K and (step + 1) % K != 0
-
-
-class _HostReads(Callback):
-    """Records every host read of a tensor (``item``, ``tolist``, ``bool``, ``float``, ``int``, ``cpu``,
-    ``numpy``) and every tensor made from Python numbers on a device, during steady steps. Runs its
-    start hook before every other callback's, so a step's own work is inside its window."""
-
-    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
-
-    def __init__(self, monkeypatch):
-        self.active, self.steady, self.reads = False, 0, []
-        for name in self.NAMES:
-            monkeypatch.setattr(torch.Tensor, name, self._wrap(getattr(torch.Tensor, name), name))
-        tensor = torch.tensor
-
-        def made(*args, **kwargs):
-            if self.active and kwargs.get("device") is not None:
-                self.reads.append(("torch.tensor(device=)", "".join(traceback.format_stack(limit=6)[:-1])))
-            return tensor(*args, **kwargs)
-
-        monkeypatch.setattr(torch, "tensor", made)
-
-    def _wrap(self, fn, name):
-        def read(t, *args, **kwargs):
-            if self.active:
-                self.reads.append((name, "".join(traceback.format_stack(limit=6)[:-1])))
-            return fn(t, *args, **kwargs)
-        return read
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.active = _steady(trainer.global_step)
-        self.steady += self.active
-
-    def on_train_end(self, trainer, pl_module):
-        self.active = False
-
-
-def test_a_steady_training_step_reads_nothing_from_the_device(tmp_path, monkeypatch):
+def test_a_steady_training_step_reads_nothing_from_the_device(tmp_path):
     """The CPU stand-in for the GPU test below: a host read of a tensor is a sync on a GPU. With the
     progress bar, the CSV logger, throughput, clipping, bf16 and the non-finite check all on."""
-    probe = _HostReads(monkeypatch)
-    _fit(tmp_path, "trainer.accelerator=cpu", "trainer.precision=bf16-mixed", "trainer.max_steps=16",
-         f"trainer.log_every_n_steps={K}", f"callbacks.throughput.window={K}", f"callbacks.throughput.warmup={K}",
-         "trainer.enable_progress_bar=true", "logger.kind=csv", "data.max_bytes=20000", first=[probe], logger=True)
+    probe = HostReads(K)
+    probe.install()
+    try:
+        _fit(tmp_path, "trainer.accelerator=cpu", "trainer.precision=bf16-mixed", "trainer.max_steps=16", *STEADY,
+             "data.max_bytes=20000", first=[probe], logger=True)
+    finally:
+        probe.uninstall()
     assert probe.steady == 6  # steps 8, 9, 10, 12, 13, 14
-    assert probe.reads == [], "host reads in a steady step:\n" + "\n".join(f"--- {n}\n{st}" for n, st in probe.reads[:5])
+    assert probe.reads == [], "host reads in a steady step:\n" + "\n".join(probe.reads[:5])
 
 
-class _SyncDebug(Callback):
-    """``torch.cuda.set_sync_debug_mode("error")`` during steady steps: any synchronising CUDA call
-    (a device-to-host copy, ``.item()``, ``torch.cuda.synchronize``, a host-to-device copy of a Python
-    number) raises there, with its traceback."""
-
-    def __init__(self):
-        self.steady = 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        steady = _steady(trainer.global_step)
-        torch.cuda.set_sync_debug_mode("error" if steady else "default")
-        self.steady += steady
-
-    def on_train_end(self, trainer, pl_module):
-        torch.cuda.set_sync_debug_mode("default")
+@pytest.mark.slow
+def test_a_steady_ddp_training_step_reads_nothing_from_the_device(tmp_path):
+    """Two gloo processes: the loss's mean over ranks (logged only on the steps written), the
+    ranks' SIGTERM agreement and Lightning's own SIGTERM broadcast come every K steps only."""
+    res = fr.train(tmp_path / "data", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                   "data.batch_size=4", "trainer.max_steps=16", *STEADY, "trainer.enable_progress_bar=false",
+                   "data.max_bytes=20000", "imports=[tests.sync_hooks]", run=tmp_path / "run", hooks={"ST_SYNC_EVERY": K, "ST_SYNC_OUT": tmp_path})
+    fr.ok(res)
+    for rank in (0, 1):
+        report = (tmp_path / f"rank{rank}.txt").read_text()
+        assert report == "steady 6\n", f"rank {rank}: host reads in a steady step:\n{report[:4000]}"
 
 
 @GPU
@@ -194,17 +155,28 @@ class _SyncDebug(Callback):
     ["attention.pattern=dense"],  # SDPA
     [],  # strided, flex
     ["model.compile=true"],  # strided, flex, the whole network compiled
-], ids=["dense", "strided", "strided-compiled"])
+    ["model.compile=true", "model.compile_mode=cudagraphs"],  # ... and replayed as CUDA graphs
+], ids=["dense", "strided", "strided-compiled", "strided-cudagraphs"])
 def test_a_steady_training_step_never_synchronises_on_a_gpu(tmp_path, args):
-    probe = _SyncDebug()
+    probe = SyncDebug(K)
     try:
         _fit(tmp_path, "trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed", "optim.grad_clip=1.0",
-             "trainer.max_steps=24", f"trainer.log_every_n_steps={K}", f"callbacks.throughput.window={K}",
-             f"callbacks.throughput.warmup={K}", "trainer.enable_progress_bar=true", "logger.kind=csv",
-             "data.max_bytes=200000", *args, first=[probe], logger=True)
+             "trainer.max_steps=24", *STEADY, "data.max_bytes=200000", *args, first=[probe], logger=True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert probe.steady == 12  # steps 8-10, 12-14, 16-18, 20-22
+
+
+@GPU
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_a_steady_ddp_training_step_never_synchronises_on_two_gpus(tmp_path):
+    res = fr.train(tmp_path / "data", "trainer.accelerator=gpu", "trainer.devices=2", "trainer.strategy=ddp",
+                   "trainer.precision=bf16-mixed", "data.batch_size=4", "trainer.max_steps=24", *STEADY,
+                   "trainer.enable_progress_bar=false", "data.max_bytes=200000", "imports=[tests.sync_hooks]",
+                   run=tmp_path / "run", hooks={"ST_SYNC_EVERY": K, "ST_SYNC_OUT": tmp_path}, timeout=900)
+    fr.ok(res)  # a synchronising call in a steady step raises there (its traceback in stderr)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["steady 12\n"] * 2
 
 
 # ------------------------------------------------------------------------------------------------
