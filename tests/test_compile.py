@@ -50,6 +50,25 @@ def test_cudagraphs_without_a_gpu_exit_2_before_anything_is_written(tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
+def test_sample_and_attention_map_hooks_ignore_torch_compile():
+    """Their one-off passes (token by token, one window) through a network compiled for static
+    shapes would compile it once per length: build_callbacks runs their hooks eagerly."""
+    from lightning.pytorch.callbacks import Callback
+
+    from sparse_transformer.callbacks import _eager
+
+    compiled = []
+    f = torch.compile(lambda x: x + 1, backend=lambda gm, example_inputs: compiled.append(1) or gm)
+
+    class Hook(Callback):
+        def on_train_end(self, trainer, pl_module):
+            return f(torch.ones(2))
+
+    assert torch.equal(_eager(Hook()).on_train_end(None, None), torch.full((2,), 2.0)) and compiled == []
+    f(torch.ones(2))
+    assert compiled == [1]  # outside the hook it compiles
+
+
 # 2 epochs of 11 training batches, the last of 5 windows; validation windows 6: batches of 4 and 2
 CPU_RUN = ["exp=default", "model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
            "data.batch_size=8", "data.val_windows=6", "data.eval_batch_size=4", "data.max_bytes=6000", "optim.warmup_steps=3",
