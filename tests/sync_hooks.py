@@ -6,8 +6,8 @@
 synchronising CUDA call raises, with its traceback. Both are active during steady steps only
 (``steady``) and go first among the callbacks, so a step's own work is inside their window.
 
-Loaded in training subprocesses with ``imports=[tests.sync_hooks]`` and ``ST_SYNC_EVERY=<k>``
-(every rank imports it): the trainer gets the probe for the device it trains on, and at the end
+Loaded in training subprocesses with ``imports=[tests.sync_hooks]``, ``ST_SYNC_EVERY=<k>`` and
+optionally ``ST_SYNC_FROM=<first steady step>`` (every rank imports it): the trainer gets the probe for the device it trains on, and at the end
 each rank writes its host reads to ``ST_SYNC_OUT/rank<r>.txt`` (empty: none).
 """
 
@@ -21,17 +21,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 
-def steady(step: int, every: int) -> bool:
-    """Steps that neither read the device by design (log_every_n_steps = throughput window =
-    warm-up = ``every``: their reads come at the end of steps every-1, 2·every-1, ...) nor warm up."""
-    return step >= 2 * every and (step + 1) % every != 0
+def steady(step: int, every: int, first: int | None = None) -> bool:
+    """Steps from ``first`` (default 2·every: compilation, autotuning, CUDA graph recording are
+    done) that do not read the device by design (log_every_n_steps = throughput window = warm-up =
+    ``every``: those reads come at the end of steps every-1, 2·every-1, ...)."""
+    return step >= (2 * every if first is None else first) and (step + 1) % every != 0
 
 
 class HostReads(Callback):
     NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
 
-    def __init__(self, every: int):
-        self.every, self.active, self.steady, self.reads = every, False, 0, []
+    def __init__(self, every: int, first: int | None = None):
+        self.every, self.first, self.active, self.steady, self.reads = every, first, False, 0, []
         self._saved = {name: getattr(torch.Tensor, name) for name in self.NAMES}
         self._tensor, self._barrier = torch.tensor, torch.distributed.barrier
 
@@ -71,7 +72,7 @@ class HostReads(Callback):
         return read
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.active = steady(trainer.global_step, self.every)
+        self.active = steady(trainer.global_step, self.every, self.first)
         self.steady += self.active
 
     def on_train_end(self, trainer, pl_module):
@@ -79,11 +80,11 @@ class HostReads(Callback):
 
 
 class SyncDebug(Callback):
-    def __init__(self, every: int):
-        self.every, self.steady = every, 0
+    def __init__(self, every: int, first: int | None = None):
+        self.every, self.first, self.steady = every, first, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        active = steady(trainer.global_step, self.every)
+        active = steady(trainer.global_step, self.every, self.first)
         torch.cuda.set_sync_debug_mode("error" if active else "default")
         self.steady += active
 
@@ -112,10 +113,11 @@ if os.environ.get("ST_SYNC_EVERY"):
     def _build_trainer(cfg, out, callbacks=None, logger=None):
         trainer = _build(cfg, out, callbacks=callbacks, logger=logger)
         every = int(os.environ["ST_SYNC_EVERY"])
+        first = int(os.environ["ST_SYNC_FROM"]) if os.environ.get("ST_SYNC_FROM") else None
         if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu":
-            probe = SyncDebug(every)
+            probe = SyncDebug(every, first)
         else:
-            probe = HostReads(every)
+            probe = HostReads(every, first)
             probe.install()
         trainer.callbacks.insert(0, probe)
         trainer.callbacks.append(_Report(probe, Path(os.environ["ST_SYNC_OUT"])))
