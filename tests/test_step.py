@@ -258,3 +258,18 @@ def test_lightnings_sigterm_broadcast_runs_at_the_first_batch_and_every_k_steps(
         loop._batches_that_stepped = step
         loop._broadcast_sigterm_tensor()
     assert calls == [5, 8, 12]
+
+
+def test_max_time_is_checked_every_log_every_n_steps(tmp_path):
+    """trainer.max_time through StepTimer: checked (a broadcast under DDP) only at the steps where
+    the host reads the device. The limit runs out during step 1; the run ends after step 3."""
+
+    class RunOut(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 1:
+                (timer,) = [c for c in trainer.callbacks if type(c).__name__ == "StepTimer"]
+                timer._duration = 0.0
+
+    _, trainer = _fit(tmp_path, "trainer.accelerator=cpu", "trainer.max_steps=20", "trainer.max_time=00:01:00:00",
+                      "trainer.log_every_n_steps=3", first=[RunOut()])
+    assert trainer.global_step == 3
