@@ -212,6 +212,28 @@ def test_throughput_is_measured_once_per_window_after_the_warmup(tmp_path, monke
     assert logged == expect  # the window with the short batch (steps 9-11) counts its 5 windows
 
 
+def test_validation_inside_a_window_is_not_counted(tmp_path, monkeypatch):
+    """Validation after steps 4 and 8 (trainer.val_check_interval=4), windows of 4 steps after 2:
+    the clock stops at each validation's start and restarts at its end (each read: one second)."""
+    from sparse_transformer.callbacks import throughput
+
+    clock = iter(float(t) for t in range(1000))
+    reads, logged = [], []
+
+    def now(trainer):
+        reads.append(trainer.global_step)
+        return next(clock)
+
+    monkeypatch.setattr(throughput.WindowThroughput, "_now", staticmethod(now))
+    monkeypatch.setattr(throughput.WindowThroughput, "_log",
+                        lambda self, trainer, tok, smp: logged.append((trainer.global_step, tok, smp)))
+    _fit(tmp_path, "trainer.accelerator=cpu", "trainer.max_steps=10", "data.max_bytes=6000", "trainer.val_check_interval=4",
+         "callbacks.throughput.window=4", "callbacks.throughput.warmup=2", "logger.kind=csv", logger=True)
+    assert reads == [2, 4, 4, 6, 8, 8, 10]  # start; validation start and end; window end; ...
+    # each window: 4 batches of 8 windows of 64 tokens over 2 s (1 before the validation, 1 after)
+    assert logged == [(6, 4 * 8 * 64 / 2, 4 * 8 / 2), (10, 4 * 8 * 64 / 2, 4 * 8 / 2)]
+
+
 def test_throughput_metrics(tmp_path):
     from sparse_transformer.callbacks.throughput import WindowThroughput
 
