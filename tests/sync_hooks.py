@@ -2,13 +2,15 @@
 
 ``HostReads`` (CPU): records every host read of a tensor (``item``, ``tolist``, ``bool``, ``float``,
 ``int``, ``cpu``, ``numpy``), every tensor made from Python numbers on a device and every
-``torch.distributed.barrier``; on GPUs each of these is a synchronisation. ``SyncDebug`` (GPU): ``torch.cuda.set_sync_debug_mode("error")``, so any
-synchronising CUDA call raises, with its traceback. Both are active during steady steps only
-(``steady``) and go first among the callbacks, so a step's own work is inside their window.
+``torch.distributed.barrier``; on GPUs each of these is a synchronisation. ``SyncDebug`` (GPU):
+``torch.cuda.set_sync_debug_mode("error")``, so any synchronising CUDA call raises, with its
+traceback. Both are active during steady steps only (``steady``) and go first among the
+callbacks, so a step's own work is inside their window.
 
 Loaded in training subprocesses with ``imports=[tests.sync_hooks]``, ``ST_SYNC_EVERY=<k>`` and
-optionally ``ST_SYNC_FROM=<first steady step>`` (every rank imports it): the trainer gets the probe for the device it trains on, and at the end
-each rank writes its host reads to ``ST_SYNC_OUT/rank<r>.txt`` (empty: none).
+optionally ``ST_SYNC_FROM=<first steady step>`` (every rank imports it): the trainer gets the probe
+for the device it trains on, and at the end each rank writes ``steady <count>`` and its host reads
+(none: nothing more) to ``ST_SYNC_OUT/rank<r>.txt``.
 """
 
 from __future__ import annotations

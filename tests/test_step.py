@@ -240,7 +240,7 @@ def test_throughput_metrics(tmp_path):
     class Trainer:
         world_size = 4
 
-        class _logger_connector:  # noqa: N801
+        class _logger_connector:
             @staticmethod
             def log_metrics(m):
                 got.update(m)
@@ -270,7 +270,7 @@ def test_lightnings_sigterm_broadcast_runs_at_the_first_batch_and_every_k_steps(
     class Trainer:
         log_every_n_steps = 4
 
-        class fit_loop:  # noqa: N801
+        class fit_loop:
             epoch_loop = Loop()
 
     loop = Trainer.fit_loop.epoch_loop

@@ -57,8 +57,9 @@ def build_callbacks(cfg, out: Path, logger=None) -> list:
                                           count=s.count, length=s.length, temperature=s.temperature, seed=cfg.seed)))
     a = c.attention_maps
     if a.enabled:
+        layers = list(a.layers) if a.layers is not None else None
         cbs.append(_eager(AttentionMapsCallback(Path(out) / "attention", every_n_steps=a.every_n_steps, example=a.example,
-                                                queries=list(a.queries), layers=list(a.layers) if a.layers is not None else None)))
+                                                queries=list(a.queries), layers=layers)))
     tp = c.throughput
     if tp.enabled and logger:
         cbs.append(WindowThroughput(peak_flops=tp.peak_flops, window=tp.window, warmup=tp.warmup))

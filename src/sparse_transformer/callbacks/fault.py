@@ -59,7 +59,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def nonfinite_on_any_rank(*values: torch.Tensor | None) -> torch.Tensor:
@@ -144,7 +145,8 @@ class BadSteps:
 
     def warning(self, bad: list[tuple[int, int, int]]) -> str:
         steps = ", ".join(str(s) for s, _, _ in bad[:8]) + (", ..." if len(bad) > 8 else "")
-        return (f"non-finite training loss or gradient norm at global step{'s' if len(bad) > 1 else ''} {steps} on some rank: "
+        plural = "s" if len(bad) > 1 else ""
+        return (f"non-finite training loss or gradient norm at global step{plural} {steps} on some rank: "
                 f"skipped on every rank ({self.skipped} skipped so far, {self.in_a_row} in a row now"
                 + (f", at most {self.limit})" if self.limit else ")"))
 
