@@ -170,6 +170,8 @@ def test_callback_settings_are_validated(capsys):
     for arg, msg in [("callbacks.samples.count=0", "callbacks.samples.count=0 must be >= 1"),
                      ("callbacks.attention_maps.queries=[300]", "must be positions in 0..255"),
                      ("callbacks.throughput.peak_flops=-1", "must be > 0 or null"),
+                     ("callbacks.throughput.warmup=-1", "callbacks.throughput.warmup=-1 must be >= 0"),
+                     ("callbacks.throughput.window=0", "callbacks.throughput.window=0 must be >= 1"),
                      ("callbacks.samples.evry=3", "did you mean callbacks.samples.every_n_steps?")]:
         with pytest.raises(SystemExit) as e:
             main_config([arg])

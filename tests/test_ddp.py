@@ -114,6 +114,22 @@ def test_sigterm_stops_both_ranks_after_the_same_step_and_the_run_resumes_exactl
 
 
 @pytest.mark.slow
+def test_under_ddp_the_ranks_agree_on_sigterm_every_log_every_n_steps(data, tmp_path):
+    """The agreement (an all-reduce read on the host) is made every trainer.log_every_n_steps (3)
+    steps, not every step: a SIGTERM during step 4 stops both ranks after step 6."""
+    run, mark = tmp_path / "run", tmp_path / "mark"
+    proc = fr.start(data, *DDP, "trainer.log_every_n_steps=3", "trainer.max_steps=12", run=run,
+                    hooks={"ST_HOOK_BLOCK_AT": 4, "ST_HOOK_MARK": mark})
+    fr.wait_for(mark, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == SIGTERM_EXIT, err[-3000:]
+    assert "stopped by SIGTERM at step 6" in err
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 6 and len(ckpt["callbacks"]["ResumeState"]["rng"]) == 2
+
+
+@pytest.mark.slow
 def test_torchrun_ranks_derive_the_same_run_folder(data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
            "sparse_transformer.train", *fr.command(data, *DDP, "trainer.max_steps=2")[3:]]

@@ -74,11 +74,13 @@ def test_run_folder_holds_the_logged_metrics_and_media(tmp_path, monkeypatch):
     run = tmp_path / "run"
     summary = main(TINY + [f"run_dir={run}", f"data.cache_dir={tmp_path}/data", "trainer.max_steps=6",
                            "trainer.log_every_n_steps=1", "callbacks.samples.every_n_steps=3", "callbacks.samples.count=2",
-                           "callbacks.samples.length=8", "callbacks.throughput.window=2", "callbacks.throughput.peak_flops=1e12",
+                           "callbacks.samples.length=8", "callbacks.throughput.window=2", "callbacks.throughput.warmup=2", "callbacks.throughput.peak_flops=1e12",
                            "callbacks.attention_maps.queries=[10,63]", "logger.log_model=true", "logger.tags=[t1]"])
     # the run folder, readable without W&B
     assert {"train/bpd", "train/loss", "val/bpd", "lr-AdamW/pg1", "train/device/items_per_sec",
             "train/device/mfu"} <= set(summary["metrics"])
+    m = summary["metrics"]
+    assert m["train/items_per_sec"] == m["train/device/items_per_sec"] > 0  # all devices: one here
     assert summary["metrics"]["val/bpd"] == summary["val_bpd_end"] < 8.0
     assert json.loads((run / "summary.json").read_text())["metrics"] == summary["metrics"]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000003.txt", "step-000006.txt"]

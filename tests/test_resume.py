@@ -142,8 +142,32 @@ def test_k_nonfinite_losses_in_a_row_stop_the_run_naming_the_step(tmp_path, monk
         main(_tiny(tmp_path, "trainer.max_bad_steps=3"))
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: the training loss was nan/inf for 3 batches in a row (trainer.max_bad_steps=3), "
-                          "the last at global step 5 (epoch 0, batch 5)")
+    assert err.startswith("error: the training loss or gradient norm was nan/inf for 3 steps in a row "
+                          "(trainer.max_bad_steps=3), at global steps 3-5 (epoch 0, batches 3-5); every rank skipped them.")
+
+
+def test_skipped_steps_are_counted_every_log_every_n_steps(tmp_path, monkeypatch, capsys):
+    """The host reads the device's skip flags every trainer.log_every_n_steps (4) steps: the count
+    lags, the checkpoint and the summary have it exact, and a run of bad steps stops the run at the
+    next read, naming the steps it spans."""
+    from sparse_transformer.train import main
+
+    _nan_at(monkeypatch, {2, 5})
+    summary = main(_tiny(tmp_path, "trainer.max_bad_steps=3", "trainer.log_every_n_steps=4", "trainer.max_steps=10"))
+    skipped = fr.curve(tmp_path / "run", "train/skipped_steps")
+    assert skipped == {3: 1, 7: 2}  # logged and read at the same steps
+    assert summary["skipped_steps"] == 2 and _ckpt(tmp_path / "run")["nonfinite_loss"] == {"skipped_steps": 2, "bad_in_a_row": 0}
+    assert all(int(s["step"]) == 8 for s in _ckpt(tmp_path / "run")["optimizer_states"][0]["state"].values())
+
+    _nan_at(monkeypatch, {5, 6, 7, 8})
+    with pytest.raises(SystemExit) as e:
+        main(_tiny(tmp_path, "trainer.max_bad_steps=3", "trainer.log_every_n_steps=4", "trainer.max_steps=20",
+                   "run_dir=" + str(tmp_path / "run2")))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    # read at step 7 (steps 5-7 bad): it names the run as far as the read saw it
+    assert err.startswith("error: the training loss or gradient norm was nan/inf for 3 steps in a row "
+                          "(trainer.max_bad_steps=3), at global steps 5-7 (epoch 0, batches 5-7)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,7 +268,8 @@ def test_metrics_csv_is_kept_and_rewound_on_resume(tmp_path):
      "resume=last: /nonexistent/run/checkpoints/last.ckpt does not exist; give run_dir=<a run folder with a checkpoint> or resume=auto"),
     (["resume=/nonexistent.ckpt"], "resume=/nonexistent.ckpt is not a checkpoint file; valid: last, auto or the path of a .ckpt"),
     (["trainer.checkpoint_every_n_steps=0"], "trainer.checkpoint_every_n_steps=0 must be >= 1 or null"),
-    (["trainer.max_bad_steps=-1"], "trainer.max_bad_steps=-1 must be >= 0 (0: no check)"),
+    (["trainer.max_bad_steps=-1"], "trainer.max_bad_steps=-1 must be >= 0 (0: never stop)"),
+    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be >= 1"),
     (["trainer.accelerator=cpu", "trainer.precision=16-mixed"],
      "trainer.precision=16-mixed needs a GPU (fp16 AMP with loss scaling); on CPU use bf16-mixed or 32"),
     (["trainer.accelerator=cpu", "trainer.strategy=fsdp"], "trainer.strategy=fsdp needs a GPU; on CPU use ddp (gloo) or auto"),
@@ -332,16 +357,26 @@ def test_the_trainer_is_built_from_the_config(tmp_path):
 
     cfg, _ = load_config(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=2", "trainer.strategy=ddp",
                           "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=3", "model.recompute=true",
-                          "model.compile=true", "trainer.checkpoint_every_n_steps=7", "logger.kind=none"])
+                          "model.compile=true", "trainer.checkpoint_every_n_steps=7", "logger.kind=none",
+                          "trainer.log_every_n_steps=6", "trainer.max_time=00:01:00:00"])
     trainer = build_trainer(cfg, tmp_path)
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2 and trainer.num_nodes == 2
     assert trainer.precision == "bf16-mixed" and trainer.accumulate_grad_batches == 3
     assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
     assert trainer.checkpoint_callback._every_n_train_steps == 7 and trainer.checkpoint_callback.save_last
+    assert trainer.gradient_clip_val is None  # optim.grad_clip is applied in the module's optimizer_step
+    # the host reads the device every log_every_n_steps: the progress bar and the max_time check
+    (bar,) = [c for c in trainer.callbacks if type(c).__name__ == "ProgressBar"]
+    (timer,) = [c for c in trainer.callbacks if type(c).__name__ == "StepTimer"]
+    assert bar.refresh_rate == 6 and timer._duration == 3600 and timer.state_key == "Timer"
     lit = SparseTransformerLM(config_dict(cfg), [8, 32])
     assert all(b.recompute for b in lit.net.blocks)
-    lit.configure_model()  # model.compile: every block wrapped by torch.compile (compiled on first call)
-    assert all(b._compiled_call_impl is not None for b in lit.net.blocks)
+    lit.configure_model()  # model.compile: the whole network wrapped by torch.compile (compiled on first call)
+    assert lit.net._compiled_call_impl is not None and all(b._compiled_call_impl is None for b in lit.net.blocks)
+    cfg.model.compile_mode = "blocks"
+    lit = SparseTransformerLM(config_dict(cfg), [8, 32])
+    lit.configure_model()  # each block its own graph
+    assert lit.net._compiled_call_impl is None and all(b._compiled_call_impl is not None for b in lit.net.blocks)
     from lightning.pytorch.strategies import FSDPStrategy
 
     from sparse_transformer.model import Block

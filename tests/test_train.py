@@ -60,11 +60,14 @@ def test_checkpoint_moves_between_backends(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision,clip", [("bf16-mixed", 1.0), ("16-mixed", 1.0), ("bf16-mixed", 0.0)])
-def test_training_on_a_gpu_with_mixed_precision_and_clipping(tmp_path, precision, clip):
-    # Lightning refuses clipping with a fused AdamW under mixed precision: the real `make train` path on a GPU
+@pytest.mark.parametrize("precision,clip,strategy", [("bf16-mixed", 1.0, "auto"), ("16-mixed", 1.0, "auto"),
+                                                     ("bf16-mixed", 0.0, "auto"), ("bf16-mixed", 1.0, "fsdp")])
+def test_training_on_a_gpu_with_mixed_precision_and_clipping(tmp_path, precision, clip, strategy):
+    # Lightning refuses clipping with a fused AdamW under mixed precision, and clipping by norm under
+    # FSDP: the module clips itself (fused AdamW throughout), the real `make train` path on a GPU
     summary = main(_args(tmp_path, "trainer.accelerator=gpu", "trainer.devices=1", f"trainer.precision={precision}",
-                         f"optim.grad_clip={clip}", "trainer.max_steps=20", "optim.warmup_steps=5", "optim.lr=3e-3"))
+                         f"trainer.strategy={strategy}", f"optim.grad_clip={clip}", "trainer.max_steps=20",
+                         "optim.warmup_steps=5", "optim.lr=3e-3"))
     assert summary["steps"] == 20
     assert math.isfinite(summary["val_bpd_end"]) and summary["val_bpd_end"] < summary["val_bpd_start"] - 0.5
 

@@ -1,5 +1,6 @@
 """The LightningModule: next-token cross-entropy reported in bits per dim, AdamW with linear
-warm-up and cosine decay. Lightning does the loops, precision, clipping, DDP and checkpoints."""
+warm-up and cosine decay. Lightning does the loops, precision, DDP and checkpoints; the optimizer
+step (gradient clipping, skipping a non-finite step) is written here, without a host sync."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric
 
-from .model import NetConfig, SparseTransformer
+from .callbacks.fault import BadSteps, nonfinite_on_any_rank
+from .model import NetConfig, SparseTransformer, compile_network
 
 LN2 = math.log(2.0)
 
@@ -25,29 +27,44 @@ class SparseTransformerLM(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = OmegaConf.create(config)
         self.net = SparseTransformer(NetConfig.from_config(self.cfg, shape))
-        self.train_bpd = MeanMetric(nan_strategy="ignore")  # logged per step; a nan step shows nan
-        self.val_bpd = MeanMetric()
-        self.test_bpd = MeanMetric()
-        self.skipped_steps = 0  # batches skipped for a non-finite loss (saved in checkpoints)
-        self.bad_in_a_row = 0
-        self._bad_window = False  # a batch of the current accumulation window had a non-finite loss
+        # nan_strategy="disable": no `if nans.any()` (a host sync) per batch; a nan batch makes the mean nan
+        self.val_bpd = MeanMetric(nan_strategy="disable")
+        self.test_bpd = MeanMetric(nan_strategy="disable")
+        self.bad_steps = BadSteps(limit=int(self.cfg.trainer.get("max_bad_steps", 0) or 0))
+        self._losses: torch.Tensor | None = None  # this accumulation window's losses summed: nan/inf if any is
+        self._skip: torch.Tensor | None = None  # the step being taken is skipped: 1.0 (device)
+        self._compiled = False
+        self.compile_mode = self.cfg.model.get("compile_mode", "model")
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for a non-finite loss or gradient norm, as of the last read."""
+        return self.bad_steps.skipped
 
     def configure_model(self) -> None:
-        """``model.compile``: torch.compile block by block. The attention path is part of each block's
-        graph (flex block masks are prepared by ``SparseTransformer.forward`` outside the compiled
-        blocks; ``tests/attention/test_flex_compile.py`` checks there is no graph break)."""
-        if self.cfg.model.get("compile") and not getattr(self, "_compiled", False):
-            for blk in self.net.blocks:
-                blk.compile()
+        """``model.compile``: ``compile_network`` in ``model.compile_mode``, with static shapes. Each
+        distinct input shape and mode (a training batch, a short last batch, validation under no_grad
+        with its own batch size) compiles once, on first use: dynamic shapes failed here (Inductor's
+        ``NameError: name 's48' is not defined`` on a short batch, torch 2.11)."""
+        if self.cfg.model.get("compile") and not self._compiled:
+            compile_network(self.net, self.compile_mode)
             self._compiled = True
 
+    def _run(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._compiled:
+            # a compiled network reads the attention plans; they are built outside its graph
+            self.net.prepare(tokens.shape[1], tokens.device)
+            if self.compile_mode == "cudagraphs":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
+        return self.net(tokens)
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.net(idx)
+        return self._run(idx)
 
     def _nll(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed negative log-likelihood (nats) over the masked positions, and their count."""
         tokens, mask = batch
-        logits = self.net(tokens)
+        logits = self._run(tokens)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1), reduction="none")
         m = mask.reshape(-1).to(nll.dtype)
         return (nll * m).sum(), m.sum()
@@ -55,62 +72,97 @@ class SparseTransformerLM(L.LightningModule):
     def training_step(self, batch, batch_idx):
         nll, count = self._nll(batch)
         loss = nll / count
-        self._check_finite(loss, batch_idx)
-        self.train_bpd(loss.detach() / LN2)  # a skipped step logs its nan/inf, not the last good value
-        self.log("train/bpd", self.train_bpd, on_step=True, on_epoch=False, prog_bar=True)
-        # the mean over ranks: the loss of the global batch, comparable across GPU counts (one scalar all-reduce)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, sync_dist=True)
+        self._losses = loss.detach() if self._losses is None else self._losses + loss.detach()
+        # tensors, read on the host only when Lightning writes them; a skipped step logs its nan/inf.
+        # Not prog_bar: Lightning reads those after every batch (the progress bar reads it itself)
+        self.log("train/bpd", loss.detach() / LN2, on_step=True, on_epoch=False)
+        if self.trainer.world_size == 1 or self.trainer._logger_connector.should_update_logs:
+            # the mean over ranks: the loss of the global batch, comparable across GPU counts. Under
+            # DDP only on the steps Lightning writes: its sync_dist puts a barrier (a host sync) first
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, sync_dist=True)
         return loss
 
-    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """``trainer.max_bad_steps``: a nan/inf loss on any rank marks the optimizer step it belongs
-        to as skipped on every rank (an all-reduce decides, so the ranks stay in step); that many
-        bad batches in a row stop the run."""
-        limit = int(self.cfg.trainer.get("max_bad_steps", 0) or 0)
-        if not limit or self._trainer is None:
-            return
-        from .callbacks.fault import NonFiniteLossError, nonfinite_on_any_rank
-
-        bad = nonfinite_on_any_rank(loss, self.trainer.strategy)
-        if bad:
-            self.skipped_steps += 1
-            self.bad_in_a_row += 1
-            self._bad_window = True
-        else:
-            self.bad_in_a_row = 0
-        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
-        if not bad:
-            return
-        where = f"global step {self.trainer.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
-        if self.bad_in_a_row >= limit:
-            raise NonFiniteLossError(
-                f"the training loss was nan/inf for {self.bad_in_a_row} batches in a row (trainer.max_bad_steps={limit}), "
-                f"the last at {where}; every rank skipped them. Lower optim.lr, check the data, or raise trainer.max_bad_steps")
-        from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-
-        rank_zero_warn(f"non-finite training loss at {where} on some rank: step skipped on every rank "
-                       f"({self.skipped_steps} skipped so far, {self.bad_in_a_row} in a row of at most {limit})")
-
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
-        """Lightning's step, except after a non-finite loss. Skipping by returning None from
-        training_step is refused under DDP by Lightning 2.6 (a rank that skips backward leaves the
-        others waiting in the gradient all-reduce), so backward runs on every rank (nan gradients
-        included) and the update is what is skipped: the closure runs here first, then the
-        optimizer steps on its result, or not at all (the step still counts, the schedule moves on)."""
-        out = optimizer_closure()  # training_step(s) + backward
-        if self._bad_window:
-            self._bad_window = False
-            optimizer.zero_grad(set_to_none=True)
-            return
-        optimizer.step(closure=lambda: out)
+        """Lightning's step, with the gradients clipped here and a non-finite step skipped on the
+        device. The closure (training_step(s) and backward; every rank runs backward, since a rank
+        that skipped it would leave the others waiting in DDP's gradient all-reduce) runs first; then
+        the total gradient norm is taken (and clipped to ``optim.grad_clip``), and a loss or norm that
+        is nan/inf on any rank sets fused AdamW's ``found_inf``: its kernel leaves the weights, both
+        moments and the step count as they were. The step still counts (the schedule moves on).
+        Nothing here reads the device: ``BadSteps`` counts on the host every ``log_every_n_steps``."""
+        out = optimizer_closure()
+        raw = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside Lightning's wrapper
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            # fp16: clip the true gradients; the scaler's own step then skips an overflow as usual
+            # (its found_inf; Lightning leaves unscaling to a fused optimizer, so it is done here)
+            scaler.unscale_(raw)
+        norm = self._clip_gradients()
+        losses, self._losses = self._losses, None
+        # with a scaler an overflowing (scaled) gradient is its business, not a bad step
+        skip = nonfinite_on_any_rank(losses, None if scaler is not None else norm)
+        step = self.trainer.global_step
+        self._skip = skip
+        try:
+            optimizer.step(closure=lambda: out)
+        finally:
+            self._skip = None
+            if getattr(raw, "found_inf", None) is not None:  # ours; a scaler deletes its own
+                del raw.found_inf
+        self.bad_steps.record(skip, step, epoch, batch_idx)
+        t = self.trainer
+        last = t.fit_loop.epoch_loop.batch_progress.is_last_batch or (0 < t.max_steps <= step + 1)
+        if t._logger_connector.should_update_logs or last:  # the steps Lightning logs, and epoch ends
+            self._read_bad_steps(log=True)
+
+    def _set_found_inf(self, optimizer, args, kwargs):
+        """Step pre-hook: fused AdamW skips its update where ``found_inf`` is 1 (it is also how a
+        GradScaler skips an overflow, so a scaler's flag is kept: the larger of the two)."""
+        if self._skip is not None:
+            theirs = getattr(optimizer, "found_inf", None)
+            optimizer.found_inf = self._skip if theirs is None else torch.maximum(theirs, self._skip)
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """The total gradient norm before clipping (a device tensor), clipped to ``optim.grad_clip``
+        when set. Not through Lightning's ``gradient_clip_val``: Lightning 2.6 refuses it with a fused
+        optimizer under mixed precision, and its FSDP plugin refuses clipping by norm."""
+        clip = float(self.cfg.optim.grad_clip or 0.0)
+        root = self.trainer.strategy.model
+        if torch.distributed.is_available():
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            if isinstance(root, FullyShardedDataParallel):  # each rank holds shards: FSDP reduces their norms
+                return root.clip_grad_norm_(clip or math.inf)
+        params = [p for p in self.parameters() if p.grad is not None]
+        if clip:
+            return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+
+    def _read_bad_steps(self, log: bool = False) -> None:
+        """Count the skipped steps recorded since the last read (one host read), warn about them,
+        and stop the run (NonFiniteLossError, one line) when ``trainer.max_bad_steps`` were in a row."""
+        bad = self.bad_steps.read()
+        if bad:
+            from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+            rank_zero_warn(self.bad_steps.warning(bad))
+        if log:
+            self.log("train/skipped_steps", float(self.bad_steps.skipped), on_step=True, on_epoch=False)
+        self.bad_steps.check()
+
+    def on_train_start(self) -> None:
+        self.bad_steps.start(every=self.trainer.log_every_n_steps)
+        self._losses = self._skip = None
+
+    def on_train_end(self) -> None:
+        self._read_bad_steps()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["nonfinite_loss"] = {"skipped_steps": self.skipped_steps, "bad_in_a_row": self.bad_in_a_row}
+        self._read_bad_steps()  # counts as of this step; a run past its limit stops before anything is written
+        checkpoint["nonfinite_loss"] = self.bad_steps.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("nonfinite_loss", {})
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.bad_in_a_row = int(state.get("bad_in_a_row", 0))
+        self.bad_steps.load_state_dict(checkpoint.get("nonfinite_loss", {}))
 
     def validation_step(self, batch, batch_idx):
         nll, count = self._nll(batch)
@@ -139,10 +191,9 @@ class SparseTransformerLM(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        # Lightning 2.6 refuses gradient clipping with a fused optimizer under mixed precision (it
-        # "unscales internally"), so fused AdamW only without clipping; else PyTorch's foreach default
-        fused = {"fused": True} if self.device.type == "cuda" and not o.grad_clip else {}
-        opt = torch.optim.AdamW(self.param_groups(), lr=o.lr, betas=(o.beta1, o.beta2), **fused)
+        # fused (CUDA and CPU): one kernel per step, and the found_inf skip of optimizer_step
+        opt = torch.optim.AdamW(self.param_groups(), lr=o.lr, betas=(o.beta1, o.beta2), fused=True)
+        opt.register_step_pre_hook(self._set_found_inf)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warm = min(o.warmup_steps, max(total - 1, 0))
         sched = [torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / max(warm, 1), end_factor=1.0, total_iters=max(warm, 1))]

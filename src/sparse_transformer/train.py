@@ -111,7 +111,8 @@ def build_trainer(cfg, out: Path, callbacks=None, logger=None):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from .callbacks.fault import AtomicCheckpointIO, ResumeState
+    from .callbacks.fault import AtomicCheckpointIO, ResumeState, StepTimer
+    from .callbacks.progress import ProgressBar
 
     t = cfg.trainer
     ckdir = out / "checkpoints"
@@ -120,12 +121,19 @@ def build_trainer(cfg, out: Path, callbacks=None, logger=None):
            ResumeState(ckdir / "last.ckpt")]
     if logger:
         cbs.append(LearningRateMonitor(logging_interval="step"))
+    # The host reads the device every log_every_n_steps steps, not every step: the progress bar's
+    # metrics (.item()) at that rate, and max_time checked then (under DDP each check is a broadcast)
+    if t.enable_progress_bar:
+        cbs.append(ProgressBar(refresh_rate=t.log_every_n_steps))
+    if t.max_time is not None:
+        cbs.append(StepTimer(duration=t.max_time, interval="step"))
     cbs += callbacks or []
     kwargs = dict(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg),
         precision=precision(cfg), max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else 1),
-        max_time=t.max_time, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.grad_clip or None, log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=None,  # optim.grad_clip: clipped in the LightningModule's optimizer_step (lit.py)
+        log_every_n_steps=t.log_every_n_steps,
         fast_dev_run=t.fast_dev_run, enable_progress_bar=t.enable_progress_bar, deterministic=t.deterministic,
         default_root_dir=str(out), logger=logger, callbacks=cbs, num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
@@ -172,6 +180,8 @@ def check_runtime(cfg) -> None:
         raise LaunchError("trainer.strategy=fsdp needs a GPU and none is available; use ddp (gloo on CPU) or auto")
     if not gpu and str(t.precision) == "16-mixed":
         raise LaunchError("trainer.precision=16-mixed needs a GPU and none is available; use bf16-mixed or 32")
+    if not gpu and cfg.model.compile and cfg.model.compile_mode == "cudagraphs":
+        raise LaunchError("model.compile_mode=cudagraphs needs a GPU and none is available; use model or blocks")
     check_backend(cfg, torch.device("cuda" if gpu else "cpu"))
 
 
@@ -277,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "exp": cfg.exp, "run_dir": str(out), "steps": int(trainer.global_step), "minutes": round(minutes, 2),
         "val_bpd_start": start_bpd, "val_bpd_end": end_bpd, "unigram_entropy": entropy,
-        "params": lit.net.num_params(),
+        "params": lit.net.num_params(), "skipped_steps": lit.skipped_steps,
         # the last value of every logged metric (what W&B's run summary keeps), read by sweeps
         "metrics": {**metrics, **_scalars({**trainer.logged_metrics, **trainer.callback_metrics})},
     }

@@ -23,10 +23,11 @@ _EXPORTS = {
     "save_samples": ".media",
     "tokens_to_text": ".media",
     "write_wav": ".media",
+    "ProgressBar": ".progress",
     "SamplesCallback": ".samples",
     "generate": ".samples",
     "sample_uncached": ".samples",
-    "SparseThroughputMonitor": ".throughput",
+    "WindowThroughput": ".throughput",
     "flops_per_token": ".throughput",
     "RunWandbLogger": ".loggers",
     "build_wandb_logger": ".loggers",
@@ -46,18 +47,40 @@ def build_callbacks(cfg, out: Path, logger=None) -> list:
     """The callbacks the config asks for; media go under ``out/samples`` and ``out/attention``."""
     from .attention_maps import AttentionMapsCallback
     from .samples import SamplesCallback
-    from .throughput import SparseThroughputMonitor
+    from .throughput import WindowThroughput
 
     c = cfg.callbacks
     cbs = []
     s = c.samples
     if s.every_n_steps or s.at_end:
-        cbs.append(SamplesCallback(Path(out) / "samples", every_n_steps=s.every_n_steps, at_end=s.at_end,
-                                   count=s.count, length=s.length, temperature=s.temperature, seed=cfg.seed))
+        cbs.append(_eager(SamplesCallback(Path(out) / "samples", every_n_steps=s.every_n_steps, at_end=s.at_end,
+                                          count=s.count, length=s.length, temperature=s.temperature, seed=cfg.seed)))
     a = c.attention_maps
     if a.enabled:
-        cbs.append(AttentionMapsCallback(Path(out) / "attention", every_n_steps=a.every_n_steps, example=a.example,
-                                         queries=list(a.queries), layers=list(a.layers) if a.layers is not None else None))
-    if c.throughput.enabled and logger:
-        cbs.append(SparseThroughputMonitor(peak_flops=c.throughput.peak_flops, window=c.throughput.window))
+        layers = list(a.layers) if a.layers is not None else None
+        cbs.append(_eager(AttentionMapsCallback(Path(out) / "attention", every_n_steps=a.every_n_steps, example=a.example,
+                                                queries=list(a.queries), layers=layers)))
+    tp = c.throughput
+    if tp.enabled and logger:
+        cbs.append(WindowThroughput(peak_flops=tp.peak_flops, window=tp.window, warmup=tp.warmup))
     return cbs
+
+
+def _eager(callback):
+    """Run the callback's training hooks with torch.compile ignored (``model.compile``): sampling
+    token by token and drawing attention maps of one window through a network compiled for static
+    shapes would compile it once per length and batch (and replay no CUDA graph)."""
+    import torch
+
+    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    if stance is None:
+        return callback
+    for name in ("on_train_start", "on_train_batch_end", "on_train_end"):
+        hook = getattr(callback, name)
+
+        def run(*args, _hook=hook, **kwargs):
+            with stance("force_eager"):
+                return _hook(*args, **kwargs)
+
+        setattr(callback, name, run)
+    return callback

@@ -23,7 +23,12 @@ does not do, or does in a way that breaks an exact resume:
   the rows its checkpoint covers.
 - ``nonfinite_on_any_rank``: the all-reduce behind skipping a nan/inf step on every rank at once
   (lit.py: Lightning refuses a ``training_step`` that returns None under DDP, so the update is
-  skipped instead; a rank deciding alone would step while the others do not).
+  skipped instead; a rank deciding alone would step while the others do not). It stays on the
+  device: the update is skipped by fused AdamW's ``found_inf``; ``BadSteps`` reads the flags on the
+  host only every ``trainer.log_every_n_steps`` steps, where counting and stopping happen.
+- No host synchronisation per step under DDP: the ranks agree on a SIGTERM every
+  ``trainer.log_every_n_steps`` steps (Lightning's own per-batch broadcast of it is thinned to
+  the same steps), and ``StepTimer`` checks ``trainer.max_time`` at those steps too.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -50,14 +55,107 @@ SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM 
 
 
 class NonFiniteLossError(RuntimeError):
-    """max_bad_steps non-finite losses in a row; the message is one line naming the step."""
+    """trainer.max_bad_steps non-finite steps in a row; the message is one line naming the steps."""
 
 
-def nonfinite_on_any_rank(loss: torch.Tensor, strategy) -> bool:
-    """True on every rank when the loss is nan/inf on any rank (one all-reduce of one number, and a
-    host sync: whether to step must be known on the host)."""
-    bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
-    return bool(strategy.reduce(bad, reduce_op="sum").item() > 0)
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def nonfinite_on_any_rank(*values: torch.Tensor | None) -> torch.Tensor:
+    """A float32 scalar on the device: 1.0 on every rank when any of ``values`` (the loss, the
+    gradient norm; None is left out) is nan/inf on any rank, else 0.0. Never read on the host: the
+    optimizer skips on it (fused AdamW's ``found_inf``). One all-reduce (MAX) of one number, called
+    directly: Lightning's ``strategy.reduce`` puts a barrier first, a host sync under NCCL."""
+    flags = [(~torch.isfinite(v.detach())).any() for v in values if v is not None]
+    bad = flags[0]
+    for f in flags[1:]:
+        bad = bad | f.to(bad.device)
+    bad = bad.to(torch.float32)
+    if _distributed():
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return bad
+
+
+def _where(steps: list[tuple[int, int, int]]) -> str:
+    """'global step 5 (epoch 0, batch 5)' or 'global steps 3-5 (epoch 0, batches 3-5)'."""
+    (s0, e0, b0), (s1, e1, b1) = steps[0], steps[-1]
+    if s0 == s1:
+        return f"global step {s0} (epoch {e0}, batch {b0})"
+    if e0 == e1:
+        return f"global steps {s0}-{s1} (epoch {e0}, batches {b0}-{b1})"
+    return f"global steps {s0}-{s1} (epoch {e0} batch {b0} to epoch {e1} batch {b1})"
+
+
+class BadSteps:
+    """Counts the optimizer steps skipped for a non-finite loss or gradient norm, from flags the
+    device wrote (``record``) and the host reads only in ``read``: every ``every`` steps, at a
+    checkpoint and at the end. ``limit`` (trainer.max_bad_steps) bad steps in a row stop the run
+    at the next read, with one line naming them (0: never stop; bad steps are still skipped)."""
+
+    def __init__(self, limit: int = 0, every: int = 1):
+        self.limit, self.every = limit, max(1, every)
+        self.skipped = 0  # steps skipped so far (saved in checkpoints)
+        self.in_a_row = 0
+        self._flags: torch.Tensor | None = None  # one device flag per step not read yet
+        self._steps: list[tuple[int, int, int]] = []  # their (global step, epoch, batch)
+        self._run: list[tuple[int, int, int]] = []  # the current bad run's first and last step
+        self._stop: tuple | None = None  # (count, first, last) of a run that reached the limit
+
+    def start(self, every: int) -> None:
+        """A new fit: read every ``every`` steps; unread flags of an earlier fit are dropped."""
+        self.every, self._flags, self._steps, self._stop = max(1, every), None, [], None
+
+    def record(self, bad: torch.Tensor, step: int, epoch: int, batch: int) -> None:
+        if self._flags is None or self._flags.device != bad.device or self._flags.numel() < self.every:
+            self.read()
+            self._flags = torch.zeros(self.every, dtype=torch.float32, device=bad.device)
+        if len(self._steps) == self._flags.numel():
+            self.read()
+        self._flags[len(self._steps)] = bad  # a device-to-device copy
+        self._steps.append((step, epoch, batch))
+
+    def read(self) -> list[tuple[int, int, int]]:
+        """Count the recorded flags (one host read); the bad steps among them."""
+        if not self._steps:
+            return []
+        flags = self._flags[: len(self._steps)].tolist()
+        bad = []
+        for where, flag in zip(self._steps, flags):
+            if not flag:
+                self.in_a_row, self._run = 0, []
+                continue
+            bad.append(where)
+            self.skipped += 1
+            self.in_a_row += 1
+            self._run = [self._run[0] if self._run else where, where]
+            if self.limit and self.in_a_row >= self.limit and (self._stop is None or self._stop[1] == self._run[0]):
+                self._stop = (self.in_a_row, self._run[0], where)  # the run that reached the limit, as far as it went
+        self._steps = []
+        return bad
+
+    def check(self) -> None:
+        if self._stop is not None:
+            count, first, last = self._stop
+            raise NonFiniteLossError(
+                f"the training loss or gradient norm was nan/inf for {count} steps in a row "
+                f"(trainer.max_bad_steps={self.limit}), at {_where([first, last])}; every rank skipped them. "
+                f"Lower optim.lr, check the data, or raise trainer.max_bad_steps")
+
+    def warning(self, bad: list[tuple[int, int, int]]) -> str:
+        steps = ", ".join(str(s) for s, _, _ in bad[:8]) + (", ..." if len(bad) > 8 else "")
+        plural = "s" if len(bad) > 1 else ""
+        return (f"non-finite training loss or gradient norm at global step{plural} {steps} on some rank: "
+                f"skipped on every rank ({self.skipped} skipped so far, {self.in_a_row} in a row now"
+                + (f", at most {self.limit})" if self.limit else ")"))
+
+    def state_dict(self) -> dict:
+        return {"skipped_steps": self.skipped, "bad_in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state.get("skipped_steps", 0))
+        self.in_a_row = int(state.get("bad_in_a_row", 0))
 
 
 def rng_states() -> dict:
@@ -162,6 +260,7 @@ class ResumeState(Callback):
         if threading.current_thread() is threading.main_thread():
             # over Lightning's (registered when fit starts); Lightning puts the original back at teardown
             signal.signal(signal.SIGTERM, self._on_sigterm)
+        thin_lightning_sigterm_broadcast(trainer)
 
     def _on_sigterm(self, signum, frame) -> None:
         if not self._sigterm and self._trainer is not None:
@@ -173,8 +272,9 @@ class ResumeState(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stop = self._sigterm
         if trainer.world_size > 1:  # every rank stops after the same step, or the savers wait on the others
-            flag = torch.tensor([float(stop)], device=pl_module.device)
-            stop = bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
+            if not agreement_step(trainer):
+                return
+            stop = sigterm_on_any_rank(stop, pl_module.device)
         if stop:
             trainer.save_checkpoint(self.last)
             self._saved_step = trainer.global_step
@@ -196,6 +296,53 @@ class ResumeState(Callback):
                 and self._saved_step != trainer.global_step and trainer.global_step > 0):
             trainer.save_checkpoint(self.last)
             rank_zero_info(f"SIGTERM: saved {self.last} at step {trainer.global_step}")
+
+
+def agreement_step(trainer) -> bool:
+    """True at the end of every ``trainer.log_every_n_steps``-th optimizer step (the same steps on
+    every rank): where the ranks agree on stopping, each agreement being a host sync."""
+    return not trainer.fit_loop._should_accumulate() and trainer.global_step % max(1, trainer.log_every_n_steps) == 0
+
+
+def sigterm_on_any_rank(flag: bool, device) -> bool:
+    """True on every rank when any rank got SIGTERM (one all-reduce and one host read)."""
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def thin_lightning_sigterm_broadcast(trainer) -> None:
+    """Lightning 2.6 broadcasts rank 0's SIGTERM flag before every training batch under DDP and
+    reads it on the host (``_broadcast_sigterm_tensor``): a sync per step. During training only
+    ``ResumeState`` sets that flag, on every rank at once, so the broadcast matters only for a
+    SIGTERM that Lightning's own handler caught before training started: keep it at the first batch
+    and every ``trainer.log_every_n_steps`` steps (the same batches on every rank)."""
+    loop = trainer.fit_loop.epoch_loop
+    broadcast = getattr(type(loop), "_broadcast_sigterm_tensor", None)
+    if broadcast is None:  # another Lightning version: leave it alone
+        return
+    every, first = max(1, trainer.log_every_n_steps), [True]
+
+    def thinned() -> None:
+        if first[0] or loop._batches_that_stepped % every == 0:
+            first[0] = False
+            broadcast(loop)
+
+    loop._broadcast_sigterm_tensor = thinned
+
+
+class StepTimer(Timer):
+    """Lightning's ``Timer`` (``trainer.max_time``), checked every ``trainer.log_every_n_steps``
+    steps instead of every step: its check broadcasts the decision, a host sync per step under DDP.
+    The run may end up to that many steps past the limit. Saved under Lightning's own state key."""
+
+    @property
+    def state_key(self) -> str:
+        return "Timer"
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        if agreement_step(trainer):
+            super().on_train_batch_end(trainer, *args, **kwargs)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
