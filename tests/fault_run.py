@@ -21,7 +21,9 @@ EPOCH = 11  # training batches per epoch: ceil(5400 train bytes / 64) = 85 windo
 
 
 def env(extra: dict | None = None) -> dict:
-    e = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1",
+    # src and the repo first; an existing PYTHONPATH after them (the GPU machine's carried packages)
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    e = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
          "WANDB_MODE": "offline", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     for k in list(e):
         if k.startswith("ST_HOOK_") or k == "SPARSE_TRANSFORMER_RUN_DIR":
