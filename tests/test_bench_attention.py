@@ -155,7 +155,8 @@ def test_the_bench_end_to_end_on_cpu(bench, tmp_path, capsys):
         ok = arms[(p, "blocked")]
         assert "error" not in ok and ok["speedup_vs_dense"] == 5.0 and ok["ideal_speedup"] > 1 and ok["flop_ratio"] is None
         assert ok["diff_vs"] is None and arms[(p, "reference")]["diff_vs"] == "blocked" and arms[(p, "reference")]["max_abs_diff"] < 0.05
-        assert "'triton'" in arms[(p, "triton")]["error"] and "CUDA" in arms[(p, "flex")]["error"]  # triton: unknown or no CPU
+        # triton runs here only in the tests' interpreter (its own tests check it); flex has no CPU backward
+        assert "error" not in arms[(p, "triton")] and "CUDA" in arms[(p, "flex")]["error"]
     assert all("error" in arms[("fixed", b)] for b in ("blocked", "reference"))  # c = 32 > l = 16: no summary slice
     keys = {"pattern", "backend", "n", "stride", "summary", "batch", "heads", "head_dim", "dtype", "fwd_ms", "fwdbwd_ms",
             "useful_tflops", "fwd_tflops", "pairs", "flop_ratio", "peak_mem_gb", "recompiles_in_timed_steps", "kernel_options",
@@ -166,8 +167,8 @@ def test_the_bench_end_to_end_on_cpu(bench, tmp_path, capsys):
     assert "sdpa:default=flash" in out and "fwd+bwd speed-up vs the fastest dense kernel" in out
     assert (tmp_path / "attention-cpu-t.png").exists()
     lines = bench.plot_lines(recs, "bfloat16")
-    assert list(lines) == ["dense, fastest SDPA kernel: flash", "local (blocked)", "local (reference)", "stride (blocked)",
-                           "stride (reference)"]
+    assert list(lines) == ["dense, fastest SDPA kernel: flash", "local (blocked)", "local (reference)", "local (triton)",
+                           "stride (blocked)", "stride (reference)", "stride (triton)"]
     assert lines["dense, fastest SDPA kernel: flash"] == {256: 5.0}
 
 

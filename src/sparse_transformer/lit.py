@@ -163,6 +163,12 @@ class SparseTransformerLM(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.bad_steps.load_state_dict(checkpoint.get("nonfinite_loss", {}))
+        # optimizer.load_state_dict restores each group's options, ``fused`` and ``foreach`` too: a
+        # checkpoint from before AdamW was always fused would turn off the kernel whose found_inf
+        # skips a bad step (the foreach path refuses found_inf), so those options are today's
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group.update(fused=True, foreach=None)
 
     def validation_step(self, batch, batch_idx):
         nll, count = self._nll(batch)
