@@ -6,7 +6,7 @@ the pattern-aware (sparse) KV cache, a dense KV cache and no cache; attention ti
                                                            # batch 4, l 16, c 4, 2 x 2 heads, d 64)
 
 Needs only torch (no omegaconf, datasets, wandb, Lightning): the network is built from
-``model.NetConfig``. Weights and cached keys are random: latency does not depend on values.
+``config.schema``'s ModelConfig and AttentionConfig. Weights and cached keys are random: latency does not depend on values.
 
 What is timed, at the last positions of a sequence of n (the cache holds n - 1 - steps positions
 filled with random keys and values, then each step appends one):
@@ -39,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sparse_transformer.attention.backends import resolve  # noqa: E402
-from sparse_transformer.model import NetConfig, SparseTransformer, sample_next  # noqa: E402
+from sparse_transformer.config.schema import AttentionConfig, ModelConfig  # noqa: E402
+from sparse_transformer.model import SparseTransformer, sample_next  # noqa: E402
 
 PATTERNS = ("strided", "fixed", "dense")
 MODES = ("sparse", "dense", "none")
@@ -65,11 +66,11 @@ def sync(device) -> None:
 
 
 def build(pattern: str, n: int, a, device, dtype) -> SparseTransformer:
-    cfg = NetConfig(n_layer=a.layers, n_head=a.heads, d_model=a.d_model, vocab_size=256, shape=(n // a.stride, a.stride),
-                    pattern=pattern, stride=a.stride, summary=a.summary if pattern == "fixed" else None,
-                    integration=a.integration, backend=a.backend)
+    model = ModelConfig(n_layer=a.layers, n_head=a.heads, d_model=a.d_model, vocab_size=256)
+    attention = AttentionConfig(pattern=pattern, stride=a.stride, summary=a.summary if pattern == "fixed" else None,
+                                integration=a.integration, backend=a.backend)
     torch.manual_seed(0)
-    net = SparseTransformer(cfg)
+    net = SparseTransformer(model, attention, (n,))  # positions (n/l, l)
     torch.nn.init.normal_(net.head.weight, std=0.02)
     return net.to(device=device, dtype=dtype).eval()
 
@@ -160,7 +161,7 @@ def time_uncached(net, B: int, n: int, a, device) -> dict:
     s = (time.perf_counter() - t0) / a.nocache_steps
     heads = net.blocks[0].attn.heads
     return {"step_ms": s * 1e3, "attn_ms": None, "rest_ms": None, "kernel_ms": None, "tokens_per_s": B / s,
-            "keys_per_step": n, "backend": resolve(net.cfg.backend, heads, device)}
+            "keys_per_step": n, "backend": resolve(net.cfg.attention.backend, heads, device)}
 
 
 def measure(pattern, n, mode, a, device, dtype) -> dict:

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attention import card_name, commit, pyplot  # noqa: E402
 from sparse_transformer.data.store import open_store  # noqa: E402
-from sparse_transformer.model import NetConfig, SparseTransformer  # noqa: E402
+from sparse_transformer.config.schema import AttentionConfig, ModelConfig  # noqa: E402
+from sparse_transformer.model import SparseTransformer  # noqa: E402
 
 LN2 = math.log(2)
 
@@ -73,20 +74,23 @@ class Source:
             yield self.batch("validation", B, ids[k : k + B])
 
 
-def arm_config(pattern: str, src: Source, args) -> NetConfig:
+def arm_network(pattern: str, src: Source, args) -> SparseTransformer:
     if src.shape is not None:
         shape = src.shape
         l = shape[1] * shape[2] if len(shape) == 3 else shape[-1]  # one image row
     else:
         l = 2 ** round(math.log2(math.sqrt(src.n)))
-        shape = (src.n // l, l)
+        shape = (src.n,)  # positions (n/l, l)
     c = max(1, l // 4)
-    common = dict(n_layer=args.layers, n_head=args.heads, d_model=args.d_model, shape=tuple(shape), stride=l, dropout=0.0)
     if pattern == "dense":
-        return NetConfig(**common, pattern="dense")
-    if pattern == "fixed":  # the paper's enwik8 choice: merged heads, distinct summary slices
-        return NetConfig(**common, pattern="fixed", summary=c, summary_heads=min(args.heads, l // c), integration="merged")
-    return NetConfig(**common, pattern="strided", integration="interleaved")
+        attention = AttentionConfig(pattern="dense", stride=l)
+    elif pattern == "fixed":  # the paper's enwik8 choice: merged heads, distinct summary slices
+        attention = AttentionConfig(pattern="fixed", stride=l, summary=c, summary_heads=min(args.heads, l // c),
+                                    integration="merged")
+    else:
+        attention = AttentionConfig(pattern="strided", stride=l, integration="interleaved")
+    return SparseTransformer(ModelConfig(n_layer=args.layers, n_head=args.heads, d_model=args.d_model, dropout=0.0),
+                             attention, shape)
 
 
 @torch.no_grad()
@@ -104,10 +108,10 @@ def evaluate(net, src: Source, B: int, count: int) -> float:
 
 
 def train_arm(name: str, pattern: str, src: Source, args) -> dict:
-    cfg = arm_config(pattern, src, args)
     B = args.batch_image if src.shape is not None else args.batch_seq
     torch.manual_seed(args.seed)
-    net = SparseTransformer(cfg).cuda()
+    net = arm_network(pattern, src, args).cuda()
+    m, a = net.cfg.model, net.cfg.attention
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0.01, fused=True)
     state = {k: v.clone() for k, v in net.state_dict().items()}
 
@@ -149,8 +153,8 @@ def train_arm(name: str, pattern: str, src: Source, args) -> dict:
     final = evaluate(net, src, B, args.eval_batches)
     curve.append((round(trained, 2), final))
     n_tok = steps * B * src.n
-    rec = dict(data=name, modality=src.modality, pattern=pattern, n=src.n, stride=cfg.stride, summary=cfg.summary,
-               integration=cfg.integration, n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head, batch=B,
+    rec = dict(data=name, modality=src.modality, pattern=pattern, n=src.n, stride=a.stride, summary=a.summary,
+               integration=a.integration, n_layer=m.n_layer, d_model=m.d_model, n_head=m.n_head, batch=B,
                params=sum(p.numel() for p in net.parameters()), budget_s=args.budget, steps=steps,
                s_per_iter=round(trained / steps, 4), tokens_per_s=round(n_tok / trained), val_bpd=round(final, 4),
                eval_tokens=args.eval_batches * B * src.n, curve=curve)

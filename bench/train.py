@@ -57,7 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention import card_name, commit, pyplot  # noqa: E402
 from sparse_transformer.attention import backends  # noqa: E402
 from sparse_transformer.attention.patterns import attended_pairs  # noqa: E402
-from sparse_transformer.model import COMPILE_MODES, NetConfig, SparseTransformer, compile_network  # noqa: E402
+from sparse_transformer.config.schema import AttentionConfig, ModelConfig  # noqa: E402
+from sparse_transformer.model import COMPILE_MODES, NetSpec, SparseTransformer, compile_network  # noqa: E402
 
 PEAK = 989e12
 WARMUP_STEPS = 3
@@ -65,17 +66,18 @@ MODES = ("eager", *COMPILE_MODES)
 
 SHAPES = {
     # the paper's ImageNet 64x64 model; integration not stated: OpenAI's CIFAR cycle (chosen)
-    "imagenet64": dict(n_layer=48, n_head=16, d_model=512, shape=(64, 64, 3), pattern="strided", stride=128,
-                       layout=["stride", "local", "local", "local"], batch=2, recompute=False),
+    "imagenet64": dict(model=dict(n_layer=48, n_head=16, d_model=512), shape=(64, 64, 3), batch=2, recompute=False,
+                       attention=dict(pattern="strided", stride=128, layout=["stride", "local", "local", "local"])),
     # enwik8: fixed l = 128, c = 32, merged heads with distinct summary slices
-    "enwik8": dict(n_layer=30, n_head=8, d_model=512, shape=(96, 128), pattern="fixed", stride=128, summary=32,
-                   summary_heads=4, integration="merged", batch=2, recompute=False),
+    "enwik8": dict(model=dict(n_layer=30, n_head=8, d_model=512), shape=(96, 128), batch=2, recompute=False,
+                   attention=dict(pattern="fixed", stride=128, summary=32, summary_heads=4, integration="merged")),
     # CIFAR-10: 128 layers, d 256, 2 heads, half-size FF and QK, stride 96, the [stride, local x3] cycle
-    "cifar10": dict(n_layer=128, n_head=2, d_model=256, ffn_mult=2.0, qk_ratio=0.5, shape=(32, 32, 3), pattern="strided",
-                    stride=96, layout=["stride", "local", "local", "local"], batch=4, recompute=False),
+    "cifar10": dict(model=dict(n_layer=128, n_head=2, d_model=256, ffn_mult=2.0, qk_ratio=0.5), shape=(32, 32, 3),
+                    attention=dict(pattern="strided", stride=96, layout=["stride", "local", "local", "local"]),
+                    batch=4, recompute=False),
     # classical music (conf/exp/classical_music.yaml): n 65,536 as (256, 256), strided l 256 interleaved
-    "classical": dict(n_layer=48, n_head=16, d_model=512, shape=(256, 256), pattern="strided", stride=256,
-                      integration="interleaved", batch=1, recompute=True),
+    "classical": dict(model=dict(n_layer=48, n_head=16, d_model=512), shape=(256, 256), batch=1, recompute=True,
+                      attention=dict(pattern="strided", stride=256, integration="interleaved")),
 }
 TARGETS = {"imagenet64": 3.5, "enwik8": 2.0, "classical": 20.0}  # sparse ÷ dense tokens/s (issue 14)
 
@@ -99,12 +101,16 @@ DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")  # chrome-trace categ
 # ------------------------------------------------------------------------------------------------
 # Models and FLOPs
 # ------------------------------------------------------------------------------------------------
-def net_config(spec: dict, dense: bool, recompute: bool, backend: str = "auto") -> NetConfig:
-    spec = {k: v for k, v in spec.items() if k not in ("batch", "recompute")}
-    cfg = NetConfig(**spec, recompute=recompute, backend=backend)
+def net_config(spec: dict, dense: bool, recompute: bool, backend: str = "auto") -> NetSpec:
+    """A shape's network: its sparse arm, or the dense arm (the same model, dense attention)."""
+    attention = AttentionConfig(**spec["attention"], backend=backend)
     if dense:
-        cfg = replace(cfg, pattern="dense", layout=None, summary=None, backend="auto")
-    return cfg
+        attention = replace(attention, pattern="dense", layout=None, summary=None, backend="auto")
+    return NetSpec(ModelConfig(**spec["model"], recompute=recompute), attention, tuple(spec["shape"]))
+
+
+def build(cfg: NetSpec) -> SparseTransformer:
+    return SparseTransformer(cfg.model, cfg.attention, cfg.shape)
 
 
 def attention_flops_per_step(net: SparseTransformer, n: int, batch: int) -> float:
@@ -356,11 +362,11 @@ def run_arm(name: str, spec: dict, dense: bool, mode: str, batch: int, recompute
     torch.manual_seed(0)
     cfg = net_config(spec, dense, recompute, args.backend)
     n = cfg.seq_len
-    net = SparseTransformer(cfg).to(device)
+    net = build(cfg).to(device)
     if mode != "eager":
         compile_network(net, mode)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
-    x = torch.randint(0, cfg.vocab_size, (batch, n), device=device)
+    x = torch.randint(0, cfg.model.vocab_size, (batch, n), device=device)
     step = make_step(net, opt, x, mode)
 
     from torch._dynamo.utils import counters
@@ -395,8 +401,9 @@ def run_arm(name: str, spec: dict, dense: bool, mode: str, batch: int, recompute
     tokens = batch * n
     attn_flops = attention_flops_per_step(net, n, batch)
     flops = 6 * params * tokens + attn_flops
-    rec = dict(shape=name, arm="dense-sdpa" if dense else cfg.pattern, mode=mode, recompute=recompute, n=n, batch=batch,
-               n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head, params=params,
+    m = cfg.model
+    rec = dict(shape=name, arm="dense-sdpa" if dense else cfg.attention.pattern, mode=mode, recompute=recompute, n=n,
+               batch=batch, n_layer=m.n_layer, d_model=m.d_model, n_head=m.n_head, params=params,
                backend=resolved_backends(net, device), step_s=round(step_s, 5),
                step_s_runs=[round(s, 5) for s in runs], step_s_spread=round((max(runs) - min(runs)) / step_s, 4),
                steps_timed=steps, repeats=args.repeats, tokens_per_s=round(tokens / step_s),
@@ -584,12 +591,12 @@ def longest(d_model=256, n_layer=4, n_head=4, start=2**20, limit=2**22) -> list[
     n = start
     while n <= limit:
         l = 2 ** round(math.log2(math.sqrt(n)))
-        cfg = NetConfig(n_layer=n_layer, n_head=n_head, d_model=d_model, shape=(n // l, l), pattern="strided",
-                        stride=l, integration="interleaved", recompute=True)
+        model = ModelConfig(n_layer=n_layer, n_head=n_head, d_model=d_model, recompute=True)
+        attention = AttentionConfig(pattern="strided", stride=l, integration="interleaved")
         rec = dict(n=n, stride=l, d_model=d_model, n_layer=n_layer)
         try:
             torch.manual_seed(0)
-            net = SparseTransformer(cfg).cuda()
+            net = SparseTransformer(model, attention, (n,)).cuda()  # positions (n/l, l)
             rec["params"] = sum(p.numel() for p in net.parameters())
             opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
             x = torch.randint(0, 256, (1, n), device="cuda")
@@ -717,16 +724,17 @@ def main(argv=None):
         spec = SHAPES[name]
         pair = []
         for dense in (True, False):
-            base = dict(shape=name, arm="dense-sdpa" if dense else spec["pattern"], mode=mode, batch=batch, recompute=rc, **meta)
+            base = dict(shape=name, arm="dense-sdpa" if dense else spec["attention"]["pattern"], mode=mode, batch=batch, recompute=rc, **meta)
             if over_budget():
                 r = {**base, "skipped": f"time budget of {args.time_budget:g} s spent"}
             else:
                 try:
                     if dense and (name, batch) not in dense_times:
                         cfg = net_config(spec, True, rc)
-                        d_qk = round(cfg.d_model * cfg.qk_ratio) // cfg.n_head
-                        dense_times[name, batch] = time_dense_kernels(batch, cfg.n_head, cfg.seq_len, d_qk,
-                                                                      cfg.d_model // cfg.n_head, device)
+                        m = cfg.model
+                        d_qk = round(m.d_model * m.qk_ratio) // m.n_head
+                        dense_times[name, batch] = time_dense_kernels(batch, m.n_head, cfg.seq_len, d_qk,
+                                                                      m.d_model // m.n_head, device)
                         print(f"dense causal SDPA fwd+bwd at {name} B={batch} (ms): {dense_times[name, batch]}", flush=True)
                     if dense:
                         r = run_dense(name, spec, mode, batch, rc, args, device, dense_times[name, batch], over_budget)

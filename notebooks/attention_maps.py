@@ -71,7 +71,7 @@ if DEMO:
     modality = DEMO
     net = A.random_model(shape, n_layer=2, n_head=2)
     examples = A.synthetic_examples(modality, shape, count=N_EXAMPLES)
-    stride = net.cfg.stride
+    stride = net.cfg.attention.stride
     print(f"DEMO: a randomly initialised model (not trained) on synthetic {modality} of shape {shape}")
 else:
     from sparse_transformer.lit import load_checkpoint
@@ -93,18 +93,18 @@ else:
     if DATA_DIR:
         cfg.data.cache_dir = DATA_DIR
     net = lit.net.eval()
-    modality, shape, stride = A.modality_of(cfg), tuple(net.cfg.shape), net.cfg.stride
+    modality, shape, stride = A.modality_of(cfg), tuple(net.cfg.shape), net.cfg.attention.stride
     examples = A.load_examples(cfg, count=N_EXAMPLES)
 
 n = examples.shape[1]
 heads = A.model_heads(net)
 labels = [A.head_labels(h) for h in heads]
 print(f"modality {modality}, data shape {shape}, n = {n}, {net.num_params() / 1e6:.2f}M parameters")
-print(f"pattern {net.cfg.pattern}, stride {stride}, integration {net.cfg.integration}; heads per layer:")
+print(f"pattern {net.cfg.attention.pattern}, stride {stride}, integration {net.cfg.attention.integration}; heads per layer:")
 for r, lab in enumerate(labels):
     print(f"  layer {r}: {lab}")
 results.update({"modality": modality, "shape": list(shape), "n": n, "stride": stride, "labels": labels,
-                "pattern": net.cfg.pattern, "integration": net.cfg.integration})
+                "pattern": net.cfg.attention.pattern, "integration": net.cfg.attention.integration})
 
 # %% [markdown]
 # ## Where chosen queries attend

@@ -20,8 +20,8 @@ import torch
 from tests.helpers import one_thread  # noqa: F401  (autouse: tiny CPU steps run faster on one thread)
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(n_layer=2, n_head=2, d_model=32, shape=(8, 16), pattern="strided", stride=16, layout=["stride", "local"],
-            batch=2, recompute=False)
+TINY = dict(model=dict(n_layer=2, n_head=2, d_model=32), shape=(8, 16), batch=2, recompute=False,
+            attention=dict(pattern="strided", stride=16, layout=["stride", "local"]))
 
 
 def _load(name: str):
@@ -161,10 +161,11 @@ def test_plan_uses_each_shapes_batch_and_recompute_unless_given(bt):
 
 def test_classical_shape_is_the_experiments_model(bt):
     cfg = bt.net_config(bt.SHAPES["classical"], dense=False, recompute=True, backend="flex")
-    assert (cfg.seq_len, cfg.n_layer, cfg.d_model, cfg.n_head, cfg.stride) == (65536, 48, 512, 16, 256)
-    assert (cfg.pattern, cfg.integration, cfg.layout, cfg.recompute, cfg.backend) == ("strided", "interleaved", None, True, "flex")
+    m, a = cfg.model, cfg.attention
+    assert (cfg.seq_len, m.n_layer, m.d_model, m.n_head, a.stride) == (65536, 48, 512, 16, 256)
+    assert (a.pattern, a.integration, a.layout, m.recompute, a.backend) == ("strided", "interleaved", None, True, "flex")
     dense = bt.net_config(bt.SHAPES["classical"], dense=True, recompute=True, backend="flex")
-    assert dense.pattern == "dense" and dense.backend == "auto" and dense.recompute
+    assert dense.attention.pattern == "dense" and dense.attention.backend == "auto" and dense.model.recompute
     assert bt.TARGETS == {"imagenet64": 3.5, "enwik8": 2.0, "classical": 20.0}
 
 
@@ -206,7 +207,7 @@ def test_the_dense_arm_falls_back_to_the_next_fastest_kernel(bt, monkeypatch):
 
 def test_resolved_backends_read_the_prepared_plans(bt):
     for dense, want in ((True, ["sdpa"]), (False, ["blocked"])):
-        net = bt.SparseTransformer(bt.net_config(TINY, dense, False))
+        net = bt.build(bt.net_config(TINY, dense, False))
         assert bt.resolved_backends(net, "cpu") == want  # before prepare: resolved per layer
         net.prepare(128, "cpu")
         assert bt.resolved_backends(net, "cpu") == want

@@ -10,14 +10,14 @@ import torch
 from sparse_transformer.attention import heads_mask
 from sparse_transformer.callbacks import attention_maps as am
 from sparse_transformer.callbacks import media, samples, throughput
-from sparse_transformer.config import main_config
-from sparse_transformer.model import NetConfig, SparseTransformer
+from sparse_transformer.config import AttentionConfig, ModelConfig, main_config
+from sparse_transformer.model import SparseTransformer
 
 
 def tiny_net(shape=(8, 8), pattern="strided", stride=8, **kw) -> SparseTransformer:
     torch.manual_seed(0)
-    net = SparseTransformer(NetConfig(n_layer=2, n_head=2, d_model=32, shape=tuple(shape), pattern=pattern,
-                                     stride=stride, backend="reference", **kw))
+    net = SparseTransformer(ModelConfig(n_layer=2, n_head=2, d_model=32),
+                            AttentionConfig(pattern=pattern, stride=stride, backend="reference", **kw), shape)
     with torch.no_grad():  # the logit layer starts at 0 (uniform); give it something to say
         net.head.weight.normal_(0, 0.5)
     return net.eval()

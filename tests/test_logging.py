@@ -113,7 +113,7 @@ def test_run_folder_holds_the_logged_metrics_and_media(tmp_path, monkeypatch):
     for r in records:
         if r.WhichOneof("record_type") == "config":
             config.update({i.key: json.loads(i.value_json) for i in r.config.update})
-    assert config["optim"]["lr"] == 2e-3 and config["model"]["n_layer"] == 2 and config["shape"] == [8, 8]
+    assert config["optim"]["lr"] == 2e-3 and config["model"]["n_layer"] == 2 and config["shape"] == [64]
     assert "config" not in config  # the resolved config sits at the top level, as sweep parameters name it
     assert config["model"] == yaml.safe_load((run / "config.yaml").read_text())["model"]
     artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]

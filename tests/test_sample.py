@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from sparse_transformer import sample as sample_mod
-from sparse_transformer.config import load_config, positional_shape
+from sparse_transformer.config import AttentionConfig, ModelConfig, load_config
+from sparse_transformer.data import build_datamodule
 from sparse_transformer.lit import SparseTransformerLM, config_dict
 from sparse_transformer.model import (
-    NetConfig,
     SparseTransformer,
     filter_logits,
     sample_next,
@@ -31,7 +31,7 @@ TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=6
 def make_ckpt(path: Path, *args, shape=None, dtype=None, edit=None) -> Path:
     """A checkpoint in Lightning's layout (state_dict + hyper_parameters) of a random tiny model."""
     cfg, _ = load_config(TINY + [f"data.cache_dir={path.parent / 'data'}", *args])
-    shape = shape or positional_shape(cfg)
+    shape = shape or build_datamodule(cfg).shape
     torch.manual_seed(1)
     lit = SparseTransformerLM(config_dict(cfg), shape)
     torch.nn.init.normal_(lit.net.head.weight, std=0.3)  # not the zero init: samples depend on the weights
@@ -93,12 +93,11 @@ def test_temperature_zero_is_greedy_and_temperature_reshapes_the_distribution():
 # ------------------------------------------------------------------------------------------------
 # model.generate
 # ------------------------------------------------------------------------------------------------
-def _net(**kw):
-    base = dict(n_layer=2, n_head=2, d_model=32, shape=(6, 8), stride=8, pattern="fixed", summary=2,
-                integration="merged", vocab_size=16)
-    base.update(kw)
+def _net(**attention):
     torch.manual_seed(0)
-    net = SparseTransformer(NetConfig(**base)).double().eval()
+    net = SparseTransformer(ModelConfig(n_layer=2, n_head=2, d_model=32, vocab_size=16),
+                            AttentionConfig(**{"stride": 8, "pattern": "fixed", "summary": 2, "integration": "merged",
+                                               **attention}), (6, 8)).double().eval()
     torch.nn.init.normal_(net.head.weight, std=1.0)
     return net
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric
 
 from .callbacks.fault import BadSteps, nonfinite_on_any_rank
-from .model import NetConfig, SparseTransformer, compile_network
+from .model import SparseTransformer, compile_network
 
 LN2 = math.log(2.0)
 
@@ -26,7 +26,7 @@ class SparseTransformerLM(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = OmegaConf.create(config)
-        self.net = SparseTransformer(NetConfig.from_config(self.cfg, shape))
+        self.net = SparseTransformer.from_config(self.cfg, shape)
         # nan_strategy="disable": no `if nans.any()` (a host sync) per batch; a nan batch makes the mean nan
         self.val_bpd = MeanMetric(nan_strategy="disable")
         self.test_bpd = MeanMetric(nan_strategy="disable")

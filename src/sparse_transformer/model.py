@@ -11,12 +11,18 @@ positional embeddings std sqrt(0.125/(d·n_emb)), logit layer 0.
 
 Generation (``generate``) runs one position at a time through a KV cache in which each step
 attends only the keys its pattern allows (attention/cache.py): O(l + n/l) keys per strided step.
+
+The network's config is the run's ``model`` and ``attention`` sections (``ModelConfig``,
+``AttentionConfig`` in config/schema.py, which imports neither torch nor omegaconf, so a command line
+is checked before torch loads) plus the data's shape, which ``positions`` factorizes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -25,47 +31,45 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import SparseAttention, layer_heads
 from .attention.cache import KVCache, Planner
+from .config.schema import COMPILE_MODES, AttentionConfig, ModelConfig, section
 
 Tensor = torch.Tensor
 
 
-@dataclass
-class NetConfig:
-    """What the network needs (a subset of the run's config, plus the data's shape)."""
+def positions(shape: Sequence[int], stride: int) -> tuple[int, ...]:
+    """The factorized positions of data of ``shape``: a sequence ((n,): text, audio) as the rows and
+    columns of a width-``stride`` matrix, the paper's (n/l, l); other shapes ((H, W, C)) as they are."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) > 1:
+        return shape
+    if shape[0] % stride:
+        raise ValueError(f"a sequence of {shape[0]} positions does not fill rows of attention.stride={stride}")
+    return (shape[0] // stride, stride)
 
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    ffn_mult: float = 4.0
-    qk_ratio: float = 1.0
-    dropout: float = 0.0
-    emb_dropout: float = 0.0
-    recompute: bool = False
-    vocab_size: int = 256
-    shape: tuple = (8, 32)  # factorized positions: (H, W, C) for images, (n/l, l) for text and audio
-    pattern: str = "strided"
-    stride: int = 32
-    summary: int | None = None
-    summary_heads: int = 1
-    integration: str = "interleaved"
-    layout: list | None = None
-    backend: str = "auto"
-    extra: dict = field(default_factory=dict)
+
+@dataclass(frozen=True)
+class NetSpec:
+    """What a network was built from (``net.cfg``): the run's model and attention sections and the
+    factorized positions."""
+
+    model: ModelConfig
+    attention: AttentionConfig
+    shape: tuple[int, ...]
 
     @property
     def seq_len(self) -> int:
         return math.prod(self.shape)
 
-    @classmethod
-    def from_config(cls, cfg, shape) -> "NetConfig":
-        m, a = cfg.model, cfg.attention
-        return cls(
-            n_layer=m.n_layer, n_head=m.n_head, d_model=m.d_model, ffn_mult=m.ffn_mult, qk_ratio=m.qk_ratio,
-            dropout=m.dropout, emb_dropout=m.emb_dropout, recompute=m.recompute, vocab_size=m.vocab_size,
-            shape=tuple(int(s) for s in shape), pattern=a.pattern, stride=a.stride, summary=a.summary,
-            summary_heads=a.summary_heads, integration=a.integration,
-            layout=list(a.layout) if a.layout else None, backend=a.backend,
-        )
+
+def NetConfig(shape: Sequence[int] = (8, 32), **kw) -> NetSpec:  # it was a class: the name stays
+    """Deprecated (for one release): the network's settings as flat keywords, each a field of
+    ModelConfig or AttentionConfig; ``SparseTransformer(NetConfig(...))``. Write
+    ``SparseTransformer(ModelConfig(...), AttentionConfig(...), shape)``."""
+    warnings.warn("NetConfig is deprecated: use SparseTransformer(ModelConfig(...), AttentionConfig(...), shape)",
+                  DeprecationWarning, stacklevel=2)
+    model = {f.name for f in fields(ModelConfig)}
+    return NetSpec(ModelConfig(**{k: v for k, v in kw.items() if k in model}),
+                   AttentionConfig(**{k: v for k, v in kw.items() if k not in model}), tuple(shape))
 
 
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -111,17 +115,17 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm residual block; dropout only at the end of each branch."""
 
-    def __init__(self, cfg: NetConfig, layer: int):
+    def __init__(self, m: ModelConfig, a: AttentionConfig, layer: int):
         super().__init__()
-        heads = layer_heads(cfg.pattern, cfg.n_head, cfg.stride, layer=layer, summary=cfg.summary,
-                            summary_heads=cfg.summary_heads, integration=cfg.integration, layout=cfg.layout)
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = SparseAttention(cfg.d_model, cfg.n_head, heads, qk_ratio=cfg.qk_ratio, backend=cfg.backend)
-        self.drop1 = nn.Dropout(cfg.dropout)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.ff = FeedForward(cfg.d_model, cfg.ffn_mult)
-        self.drop2 = nn.Dropout(cfg.dropout)
-        self.recompute = cfg.recompute
+        heads = layer_heads(a.pattern, m.n_head, a.stride, layer=layer, summary=a.summary,
+                            summary_heads=a.summary_heads, integration=a.integration, layout=a.layout)
+        self.ln1 = nn.LayerNorm(m.d_model)
+        self.attn = SparseAttention(m.d_model, m.n_head, heads, qk_ratio=m.qk_ratio, backend=a.backend)
+        self.drop1 = nn.Dropout(m.dropout)
+        self.ln2 = nn.LayerNorm(m.d_model)
+        self.ff = FeedForward(m.d_model, m.ffn_mult)
+        self.drop2 = nn.Dropout(m.dropout)
+        self.recompute = m.recompute
 
     def _forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         x = x + self.drop1(self.attn(self.ln1(x), cache))
@@ -135,18 +139,28 @@ class Block(nn.Module):
 
 
 class SparseTransformer(nn.Module):
-    def __init__(self, cfg: NetConfig):
+    """The network for data of ``shape`` (the DataModule's: (n,) for a sequence, (H, W, C) for images),
+    sized by ``model`` and attending as ``attention`` says: the run's model and attention sections."""
+
+    def __init__(self, model: ModelConfig, attention: AttentionConfig | None = None, shape: Sequence[int] | None = None):
         super().__init__()
-        self.cfg = cfg
-        d = cfg.d_model
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
-        self.pos_emb = nn.ModuleList(nn.Embedding(size, d) for size in cfg.shape)
-        self.register_buffer("coords", self._coords(cfg.shape), persistent=False)  # (n, len(shape))
-        self.drop = nn.Dropout(cfg.emb_dropout)
-        self.blocks = nn.ModuleList(Block(cfg, r) for r in range(cfg.n_layer))
+        if isinstance(model, NetSpec):  # the deprecated SparseTransformer(NetConfig(...)), for one release
+            model, attention, shape = model.model, model.attention, model.shape
+        self.cfg = NetSpec(model, attention, positions(shape, attention.stride))
+        d, shape = model.d_model, self.cfg.shape
+        self.tok_emb = nn.Embedding(model.vocab_size, d)
+        self.pos_emb = nn.ModuleList(nn.Embedding(size, d) for size in shape)
+        self.register_buffer("coords", self._coords(shape), persistent=False)  # (n, len(shape))
+        self.drop = nn.Dropout(model.emb_dropout)
+        self.blocks = nn.ModuleList(Block(model, attention, r) for r in range(model.n_layer))
         self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(d, model.vocab_size, bias=False)
         self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, cfg, shape: Sequence[int]) -> "SparseTransformer":
+        """The network of a run's config (its ``model`` and ``attention`` sections) for data of ``shape``."""
+        return cls(section(ModelConfig, cfg.model), section(AttentionConfig, cfg.attention), shape)
 
     @staticmethod
     def _coords(shape) -> Tensor:
@@ -155,7 +169,7 @@ class SparseTransformer(nn.Module):
         return torch.stack([g.reshape(-1) for g in grids], dim=-1)
 
     def reset_parameters(self) -> None:
-        N, d = self.cfg.n_layer, self.cfg.d_model
+        N, d = self.cfg.model.n_layer, self.cfg.model.d_model
         for mod in self.modules():
             if isinstance(mod, nn.Linear):
                 nn.init.normal_(mod.weight, std=math.sqrt(0.125 / mod.in_features))
@@ -262,9 +276,6 @@ class SparseTransformer(nn.Module):
         if non_embedding:
             n -= self.tok_emb.weight.numel() + sum(e.weight.numel() for e in self.pos_emb)
         return n
-
-
-COMPILE_MODES = ("blocks", "model", "cudagraphs")
 
 
 def compile_network(net: SparseTransformer, mode: str = "model") -> SparseTransformer:

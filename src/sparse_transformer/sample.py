@@ -194,7 +194,7 @@ def load_model(ckpt: str, overrides: list[str], *, backend: str = "auto", device
     checkpoint samples wherever the network runs: another backend, device or precision.
     """
     from .checkpoint import CheckpointError, load
-    from .model import NetConfig, SparseTransformer
+    from .model import SparseTransformer
 
     try:
         raw = load(ckpt)  # weights_only: a crafted pickle is refused before any of it runs
@@ -208,7 +208,7 @@ def load_model(ckpt: str, overrides: list[str], *, backend: str = "auto", device
     shape = [int(s) for s in hp["shape"]]
     if math.prod(shape) != cfg.data.seq_len:
         raise ConfigError(f"ckpt={ckpt}: its data shape {shape} has {math.prod(shape)} positions but data.seq_len={cfg.data.seq_len}")
-    net = SparseTransformer(NetConfig.from_config(cfg, shape))
+    net = SparseTransformer.from_config(cfg, shape)
     state = upgrade_state({k[4:]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}, net)
     want = net.state_dict()
     missing = [k for k in want if k not in state]

@@ -9,7 +9,8 @@ from sparse_transformer.attention import (
 )
 from sparse_transformer.attention.cache import KVCache, Planner, _head_slices
 from sparse_transformer.attention.patterns import Part, PatternError, union_mask
-from sparse_transformer.model import NetConfig, SparseTransformer
+from sparse_transformer.config import AttentionConfig, ModelConfig
+from sparse_transformer.model import SparseTransformer
 from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
 
 
@@ -26,7 +27,7 @@ SPECS = [
     dict(pattern="fixed", integration="merged", summary=2, summary_heads=4),
     dict(pattern="fixed", integration="multihead", summary=3, summary_heads=2),
     dict(pattern="strided", layout=["stride", "local", "local", "local"]),
-    dict(pattern="strided", integration="merged", qk_ratio=0.5, shape=(4, 4, 3)),
+    dict(pattern="strided", integration="merged", model=dict(qk_ratio=0.5), shape=(4, 4, 3)),
 ]
 
 
@@ -44,12 +45,11 @@ def user_patterns():
         unregister_pattern(name)
 
 
-def _net(**kw):
-    base = dict(n_layer=2, n_head=4, d_model=32, shape=(6, 8), stride=8, vocab_size=64)
-    base.update(kw)
+def _net(shape=(6, 8), model: dict | None = None, **attention):
     torch.manual_seed(0)
-    net = SparseTransformer(NetConfig(**base)).eval()
-    torch.nn.init.normal_(net.head.weight, std=base["d_model"] ** -0.5)  # zero-initialised logits would hide errors
+    m = ModelConfig(**{"n_layer": 2, "n_head": 4, "d_model": 32, "vocab_size": 64, **(model or {})})
+    net = SparseTransformer(m, AttentionConfig(**{"stride": 8, **attention}), shape).eval()
+    torch.nn.init.normal_(net.head.weight, std=m.d_model ** -0.5)  # zero-initialised logits would hide errors
     return net
 
 
@@ -63,7 +63,7 @@ def _cached_logits(net, x, prefix: int, mode: str):
 
 
 def _check_equal(net, mode, prefix):
-    x = torch.randint(0, net.cfg.vocab_size, (3, net.cfg.seq_len))
+    x = torch.randint(0, net.cfg.model.vocab_size, (3, net.cfg.seq_len))
     with torch.no_grad():
         net.set_backend("reference")  # the dense masked oracle, teacher-forced
         full = net(x)
@@ -78,7 +78,7 @@ def _check_equal(net, mode, prefix):
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: "-".join(str(v) for v in s.values()))
 def test_cached_generation_logits_equal_the_full_pass(spec, mode):
     n_layer = 4 if spec.get("layout") else 2
-    net = _net(n_layer=n_layer, **spec)
+    net = _net(**{**spec, "model": {**spec.get("model", {}), "n_layer": n_layer}})
     for prefix in (0, 13):
         _check_equal(net, mode, prefix)
 

@@ -69,10 +69,12 @@ def test_flex_empty_rows_are_zero_with_zero_gradient():
 @pytest.mark.parametrize("spec", [dict(pattern="strided", integration="merged"), dict(pattern="fixed", summary=8, integration="merged", summary_heads=2),
                                   dict(pattern="strided", layout=["stride", "local", "local", "local"])])
 def test_whole_model_is_causal_on_gpu(spec):
-    from sparse_transformer.model import NetConfig, SparseTransformer
+    from sparse_transformer.config import AttentionConfig, ModelConfig
+    from sparse_transformer.model import SparseTransformer
 
     torch.manual_seed(0)
-    net = SparseTransformer(NetConfig(n_layer=4, n_head=2, d_model=64, shape=(32, 32), stride=32, backend="flex", **spec)).cuda()
+    net = SparseTransformer(ModelConfig(n_layer=4, n_head=2, d_model=64),
+                            AttentionConfig(stride=32, backend="flex", **spec), (32, 32)).cuda()
     torch.nn.init.normal_(net.head.weight, std=0.1)
     x = torch.randint(0, 256, (2, 1024), device="cuda")
     with torch.no_grad():

@@ -6,13 +6,16 @@ layer's ``prepare``), so the compiled forward only reads them. On a CPU the chec
 Inductor's CPU FlexAttention has no log-sum-exp output or backward); on a GPU the blocks are
 compiled by Inductor and trained, forward and backward against a float64 reference."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 from sparse_transformer.attention import layer_heads, register_pattern, unregister_pattern
 from sparse_transformer.attention.layer import SparseAttention
-from sparse_transformer.model import NetConfig, SparseTransformer
+from sparse_transformer.config import AttentionConfig, ModelConfig
+from sparse_transformer.model import SparseTransformer
 from tests.helpers import rel_err
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -68,12 +71,12 @@ def test_an_unprepared_length_still_runs_under_compile():
 
 
 def test_the_model_prepares_every_layer_and_its_blocks_compile_whole():
-    cfg = NetConfig(n_layer=4, n_head=2, d_model=32, shape=(12, 16), pattern="fixed", stride=16, summary=4,
-                    integration="interleaved", backend="flex")
+    m = ModelConfig(n_layer=4, n_head=2, d_model=32)
+    a = AttentionConfig(pattern="fixed", stride=16, summary=4, integration="interleaved", backend="flex")
     torch.manual_seed(0)
-    net = SparseTransformer(cfg).eval()
+    net = SparseTransformer(m, a, (12, 16)).eval()
     torch.nn.init.normal_(net.head.weight, std=0.02)  # zero-initialised logits would hide any difference
-    ref = SparseTransformer(NetConfig(**{**cfg.__dict__, "backend": "reference"})).double().eval()
+    ref = SparseTransformer(m, replace(a, backend="reference"), (12, 16)).double().eval()
     ref.load_state_dict(net.state_dict())
     torch._dynamo.reset()
     counters.clear()
@@ -99,12 +102,12 @@ def test_compiled_blocks_train_like_the_reference_on_a_gpu(pattern, kw, recomput
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        cfg = NetConfig(n_layer=2, n_head=2, d_model=64, shape=(32, 32), pattern=pattern, stride=32, backend="flex",
-                        recompute=recompute, **kw)
+        m = ModelConfig(n_layer=2, n_head=2, d_model=64, recompute=recompute)
+        a = AttentionConfig(pattern=pattern, stride=32, backend="flex", **kw)
         torch.manual_seed(0)
-        net = SparseTransformer(cfg).cuda().train()
+        net = SparseTransformer(m, a, (32, 32)).cuda().train()
         torch.nn.init.normal_(net.head.weight, std=0.02)
-        ref = SparseTransformer(NetConfig(**{**cfg.__dict__, "backend": "reference"})).cuda().double().train()
+        ref = SparseTransformer(m, replace(a, backend="reference"), (32, 32)).cuda().double().train()
         ref.load_state_dict(net.state_dict())
         torch._dynamo.reset()
         counters.clear()

@@ -7,6 +7,7 @@ there is no GPU), at small sizes and small tiles, so CI checks the kernels' arit
 on a GPU the same checks run compiled, autotuned, at the head dims and dtypes the models use."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ import torch
 from sparse_transformer.attention import attend, layer_heads, pattern_mask
 from sparse_transformer.attention.backends import PatternError, check, resolve
 from sparse_transformer.attention.backends import triton as tb
-from sparse_transformer.model import NetConfig, SparseTransformer
+from sparse_transformer.config import AttentionConfig, ModelConfig
+from sparse_transformer.model import SparseTransformer
 from tests.helpers import rel_err
 
 pytestmark = [pytest.mark.filterwarnings("ignore"),
@@ -137,15 +139,16 @@ def test_a_model_on_triton_matches_the_reference_model_and_compiles_in_one_graph
     gradients as the reference backend, and torch.compile(fullgraph=True) traces it (0 breaks)."""
     tiles(16, 16)
     torch.manual_seed(0)
-    for cfg in (NetConfig(n_layer=2, n_head=2, d_model=32, shape=(5, 8), pattern="strided", stride=8,
-                          layout=["stride", "local"], backend="triton"),
-                NetConfig(n_layer=1, n_head=2, d_model=64, shape=(5, 8), pattern="fixed", stride=8, summary=2,
-                          summary_heads=2, integration="merged", qk_ratio=0.5, backend="triton")):
-        net = SparseTransformer(cfg).to(DEV)
+    for m, a in ((ModelConfig(n_layer=2, n_head=2, d_model=32),
+                  AttentionConfig(pattern="strided", stride=8, layout=["stride", "local"], backend="triton")),
+                 (ModelConfig(n_layer=1, n_head=2, d_model=64, qk_ratio=0.5),
+                  AttentionConfig(pattern="fixed", stride=8, summary=2, summary_heads=2, integration="merged",
+                                  backend="triton"))):
+        net = SparseTransformer(m, a, (5, 8)).to(DEV)
         for blk in net.blocks:  # non-zero heads so gradients reach the attention
             torch.nn.init.normal_(blk.attn.proj.weight, std=0.1)
         torch.nn.init.normal_(net.head.weight, std=0.1)
-        ref = SparseTransformer(NetConfig(**{**cfg.__dict__, "backend": "reference"})).to(DEV).double()
+        ref = SparseTransformer(m, replace(a, backend="reference"), (5, 8)).to(DEV).double()
         ref.load_state_dict(net.state_dict())
         x = torch.randint(0, 256, (2, 40), device=DEV)
         y = net(x)
@@ -240,12 +243,12 @@ def test_gpu_a_compiled_model_trains_like_the_eager_one(mode):
 
     from sparse_transformer.model import compile_network
 
-    cfg = NetConfig(n_layer=4, n_head=4, d_model=128, shape=(16, 64), pattern="strided", stride=64,
-                    layout=["stride", "local"], backend="triton")
+    m = ModelConfig(n_layer=4, n_head=4, d_model=128)
+    a = AttentionConfig(pattern="strided", stride=64, layout=["stride", "local"], backend="triton")
     losses = {}
     for arm in ("eager", mode):
         torch.manual_seed(0)
-        net = SparseTransformer(cfg).cuda()
+        net = SparseTransformer(m, a, (16, 64)).cuda()
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
         x = torch.randint(0, 256, (2, 1024), device="cuda")
         if arm != "eager":

@@ -161,9 +161,10 @@ class TokenDataModule(L.LightningDataModule):
 
     @property
     def shape(self) -> list[int]:
-        from ..config import positional_shape
-
-        return positional_shape(self.cfg)
+        """The data's own shape: data.shape where given (images: [H, W, C]), else the sequence [seq_len]
+        (the model lays it out for its positions)."""
+        d = self.cfg.data
+        return [int(x) for x in d.shape] if d.shape else [d.seq_len]
 
     @property
     def streaming(self) -> bool:

@@ -143,10 +143,6 @@ class ImageDataModule(TokenDataModule):
         d = self.cfg.data
         return {**super().key_fields(), "shape": list(d.shape), "val_size": d.val_size, "test_split": d.test_split}
 
-    @property
-    def shape(self) -> list[int]:
-        return [int(x) for x in self.cfg.data.shape]
-
     def item_len(self) -> int:
         return int(np.prod(self.shape))
 

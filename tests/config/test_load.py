@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from sparse_transformer.config import CONF_DIR, ConfigError, experiments, field_docs, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
@@ -130,14 +130,14 @@ def test_an_escaping_experiment_exits_2_and_reads_and_writes_nothing_outside(tmp
 
 
 def test_an_experiment_file_that_resolves_outside_conf_exp_is_refused(tmp_path, monkeypatch):
-    from sparse_transformer import config
+    from sparse_transformer.config import load
 
     conf = tmp_path / "conf"
     (conf / "exp").mkdir(parents=True)
     (conf / "exp" / "good.yaml").write_text("seed: 3\n")
     (tmp_path / "elsewhere.yaml").write_text("seed: 4\n")
     (conf / "exp" / "linked.yaml").symlink_to(tmp_path / "elsewhere.yaml")
-    monkeypatch.setattr(config, "CONF_DIR", conf)
+    monkeypatch.setattr(load, "CONF_DIR", conf)
     assert load_config(["exp=good"])[0].seed == 3
     with pytest.raises(ConfigError, match=r"^exp=linked: .*linked.yaml resolves outside conf/exp/ .*; valid: good, linked$"):
         load_config(["exp=linked"])
