@@ -1,4 +1,33 @@
 """Sparse Transformers (Child et al. 2019) in PyTorch: exact strided and fixed attention patterns,
-block-sparse backends, and a Lightning training framework."""
+block-sparse backends, and a Lightning training framework.
+
+The public API, imported on first use (``import sparse_transformer`` loads neither torch nor
+omegaconf):
+
+- ``SparseTransformer(model, attention, shape)``: the network, from ``ModelConfig``, ``AttentionConfig``
+  and the data's shape;
+- ``Config``, ``ModelConfig``, ``AttentionConfig``, ``load_config``, ``ConfigError``: the configuration;
+- ``SparseTransformerLM``, ``load_checkpoint``: the LightningModule and a trained run's checkpoint;
+- ``build_datamodule``: the DataModule a config names;
+- ``pattern_mask``, ``register_pattern``: attention patterns.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "SparseTransformer": ".model",
+    **dict.fromkeys(["AttentionConfig", "Config", "ConfigError", "ModelConfig", "load_config"], ".config"),
+    **dict.fromkeys(["SparseTransformerLM", "load_checkpoint"], ".lit"),
+    "build_datamodule": ".data",
+    **dict.fromkeys(["pattern_mask", "register_pattern"], ".attention"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
