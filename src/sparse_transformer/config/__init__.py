@@ -7,7 +7,7 @@ Imports are lazy so that ``config.schema`` (the network's ModelConfig and Attent
 neither omegaconf nor torch: model.py and the benchmarks that build a network need torch alone.
 """
 
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(["check", "check_eval", "check_fields", "check_resume", "check_sample"], ".checks"),
@@ -22,8 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
