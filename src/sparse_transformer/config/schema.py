@@ -15,8 +15,8 @@ import functools
 import importlib.util
 import inspect
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Literal, Optional
 
 from ..attention.constants import BACKENDS, INTEGRATIONS
@@ -47,7 +47,9 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rule:
-    valid: str  # the message says "<key>=<value> <verb> <valid>"
+    """``test(value)`` holds, or the message is "<key>=<value> <verb> <valid>"."""
+
+    valid: str
     test: Callable[[Any], bool]
     verb: str = "must be"
 
@@ -68,10 +70,6 @@ def between(lo: float, hi: float, ends: str = "[]", note: str = "") -> dict:
     """lo..hi; ``ends`` says which ends are included, as in "[0, 1)"."""
     return rule(f"in {ends[0]}{lo}, {hi}{ends[1]}{note}",
                 lambda v: (lo <= v if ends[0] == "[" else lo < v) and (v <= hi if ends[1] == "]" else v < hi))
-
-
-def one_of(choices: tuple, verb: str = "is unknown; valid:") -> dict:
-    return rule(", ".join(choices), lambda v: str(v) in choices, verb)
 
 
 def _device_ok(dev: str) -> bool:
@@ -208,7 +206,8 @@ class TrainerConfig:
     """Stop after this many epochs (None with max_steps=-1: 1 epoch)."""
     max_time: Optional[str] = None
     """Wall-clock limit, DD:HH:MM:SS (Lightning's max_time)."""
-    precision: str = field(default="auto", metadata=one_of(PRECISIONS, "is not valid; valid:"))
+    precision: str = field(default="auto",
+                           metadata=rule(", ".join(PRECISIONS), lambda v: v in PRECISIONS, "is not valid; valid:"))
     """auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed (fp16 with Lightning's dynamic loss scaling; GPU only) | bf16-true | 64."""
     accelerator: Accelerator = "auto"
     """auto | cpu | gpu | cuda."""
