@@ -140,11 +140,13 @@ class Block(nn.Module):
 
 class SparseTransformer(nn.Module):
     """The network for data of ``shape`` (the DataModule's: (n,) for a sequence, (H, W, C) for images),
-    sized by ``model`` and attending as ``attention`` says: the run's model and attention sections."""
+    sized by ``model`` and attending as ``attention`` says: the run's model and attention sections.
+    (``attention`` and ``shape`` default to None only for the deprecated ``SparseTransformer(NetConfig(...))``.)"""
 
-    def __init__(self, model: ModelConfig, attention: AttentionConfig | None = None, shape: Sequence[int] | None = None):
+    def __init__(self, model: ModelConfig, attention: AttentionConfig | None = None,
+                 shape: Sequence[int] | None = None):
         super().__init__()
-        if isinstance(model, NetSpec):  # the deprecated SparseTransformer(NetConfig(...)), for one release
+        if isinstance(model, NetSpec):  # the deprecated form, for one release
             model, attention, shape = model.model, model.attention, model.shape
         self.cfg = NetSpec(model, attention, positions(shape, attention.stride))
         d, shape = model.d_model, self.cfg.shape
