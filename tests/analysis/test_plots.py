@@ -27,7 +27,6 @@ def test_plot_attention_every_modality(modality, shape, tmp_path):
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.filterwarnings("ignore")  # flex on a CPU: only its plans are drawn
 def test_pattern_drawings(tmp_path):
     import matplotlib.pyplot as plt
 

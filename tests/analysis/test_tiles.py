@@ -13,8 +13,6 @@ from sparse_transformer.attention import heads_mask, layer_heads, pattern_mask
 from sparse_transformer.attention.backends import flex
 from tests.analysis.helpers import ALL, brute_tiles, heads_of
 
-pytestmark = pytest.mark.filterwarnings("ignore")  # flex on a CPU: only its plans are used here
-
 
 def merged_head(pattern, l, c):
     return layer_heads(pattern, 1, l, summary=c if pattern in ("fixed", "summary") else None, integration="merged")[0]

@@ -178,6 +178,15 @@ def plot_scaling(rows: list[dict], d_head: int = 64):
     return fig
 
 
+def _head_title(ax, r: int, h: int, labels, ticks: bool = True):
+    """Name a (layer, head) panel, with the head's parts when ``labels`` are given."""
+    lab = f" {labels[r][h]}" if labels else ""
+    ax.set_title(f"layer {r} head {h}{lab}", fontsize=7)
+    if not ticks:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
 def _grid(plt, L: int, H: int, w: float, h: float):
     fig, axes = plt.subplots(L, H, figsize=(w * H, h * L + 0.5), squeeze=False)
     return fig, axes
@@ -205,10 +214,7 @@ def plot_image_attention(tokens: Tensor, maps: Tensor, query: int, shape: Sequen
             ax.imshow(img_show, cmap=None if C == 3 else "gray", interpolation="nearest")
             ax.imshow(att / max(att.max(), 1e-12), cmap="inferno", alpha=0.65, interpolation="nearest", vmin=0, vmax=1)
             ax.add_patch(Rectangle((qx - 0.5, qy - 0.5), 1, 1, fill=False, ec="cyan", lw=1.5))
-            lab = f" {labels[r][h]}" if labels else ""
-            ax.set_title(f"layer {r} head {h}{lab}", fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _head_title(ax, r, h, labels, ticks=False)
     fig.suptitle(suptitle or f"where pixel (row {qy}, col {qx}, channel {qc}) looks", fontsize=9)
     fig.tight_layout()
     return fig
@@ -244,10 +250,7 @@ def plot_text_attention(tokens: Tensor, maps: Tensor, query: int, width: int, la
             ax.imshow(glyphs, aspect="auto", interpolation="bilinear", extent=extent)
             ax.add_patch(Rectangle(((query - lo) % width - 0.5, (query - lo) // width - 0.5), 1, 1, fill=False,
                                    ec="blue", lw=1.2))
-            lab = f" {labels[r][h]}" if labels else ""
-            ax.set_title(f"layer {r} head {h}{lab}", fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _head_title(ax, r, h, labels, ticks=False)
     fig.suptitle(suptitle or f"where character {query} ({printable(toks[query])!r}) looks; rows of {width}", fontsize=9)
     fig.tight_layout()
     return fig
@@ -275,8 +278,7 @@ def plot_audio_attention(tokens: Tensor, maps: Tensor, query: int, rate: int = 1
             ax2.set_ylim(0, max(float(w.max()), 1e-12) * 1.05)
             ax2.tick_params(labelsize=6)
             ax.tick_params(labelsize=6)
-            lab = f" {labels[r][h]}" if labels else ""
-            ax.set_title(f"layer {r} head {h}{lab}", fontsize=7)
+            _head_title(ax, r, h, labels)
             if r == L - 1:
                 ax.set_xlabel("ms", fontsize=7)
     fig.suptitle(suptitle or f"where sample {query} ({t[query]:.1f} ms) listens", fontsize=9)
