@@ -29,7 +29,7 @@ test-fast:  ## the quick loop: skip tests marked slow
 train:  ## train an experiment: make train EXP=<name> ARGS="key=value ..."
 	$(PYTHON) -m sparse_transformer.train exp=$(EXP) $(ARGS)
 
-bench:  ## attention benchmark on a GPU: flex patterns vs dense SDPA, table + JSON/PNG under bench/results
+bench:  ## attention benchmark on a GPU: triton and flex patterns vs the fastest dense SDPA kernel, table + JSON/PNG under bench/results
 	$(PYTHON) bench/attention.py $(ARGS)
 
 bench-ddp:  ## DDP scaling and equal-global-batch losses through make train: ARGS="--gpus 2,4 data.cache_dir=..."

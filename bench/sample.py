@@ -227,7 +227,7 @@ def parse(argv):
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--backend", default="auto", help="backend of full passes (no cache): auto = flex on CUDA if available")
+    p.add_argument("--backend", default="auto", help="backend of full passes (no cache): auto = triton (or flex) on CUDA, blocked on CPU")
     p.add_argument("--dtype", default=None, help="bfloat16 (CUDA default) or float32 (CPU default)")
     p.add_argument("--device", default=None)
     p.add_argument("--steps", type=int, default=32, help="timed decode steps per point")

@@ -83,3 +83,32 @@ def test_an_explicit_backend_that_cannot_run_here_is_one_line_before_anything_is
     assert e.value.code == 2 and len(err) == 1
     assert err[0].startswith(f"error: attention.backend={backend}") and "attention.backend=auto" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["model.n_head=2", "attention.summary_heads=2"], "attention.summary_heads=2 exceeds the 1 heads that take a summary"),
+    (["model.n_head=4", "attention.summary_heads=4"], "attention.summary_heads=4 exceeds the 2 heads that take a summary"),
+])
+def test_a_fixed_stack_that_leaves_pairs_unreachable_is_refused(tmp_path, capsys, extra, message):
+    """Multi-head fixed gives summary heads (h >= H/2) slice h % summary_heads: with more slices than
+    summary heads, some slice is no head's, and its cells reach no later block at any depth."""
+    with pytest.raises(SystemExit) as e:
+        main(_args(tmp_path, "attention.pattern=fixed", "attention.summary=2", "attention.integration=multihead", *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_stack_check_counts_unreachable_pairs_and_names_a_fix():
+    """What the refusal rests on: the stack's reach at any depth (the multihead case the count
+    check refuses first really leaves pairs unreachable; summary_heads=1 connects)."""
+    from omegaconf import OmegaConf
+
+    from sparse_transformer.train import _stack
+    from sparse_transformer.attention.connectivity import stack_unreachable
+
+    a = OmegaConf.create(dict(pattern="fixed", stride=8, summary=2, summary_heads=2, integration="multihead", layout=None))
+    assert int(stack_unreachable(_stack(a, 2, 2, 24)).sum()) > 0
+    assert int(stack_unreachable(_stack(a, 2, 2, 24, summary_heads=1)).sum()) == 0
+    strided = OmegaConf.create(dict(pattern="strided", stride=8, summary=None, summary_heads=1, integration="interleaved", layout=None))
+    assert int(stack_unreachable(_stack(strided, 2, 2, 24)).sum()) == 0

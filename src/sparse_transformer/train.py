@@ -183,6 +183,47 @@ def check_runtime(cfg) -> None:
     if not gpu and cfg.model.compile and cfg.model.compile_mode == "cudagraphs":
         raise LaunchError("model.compile_mode=cudagraphs needs a GPU and none is available; use model or blocks")
     check_backend(cfg, torch.device("cuda" if gpu else "cpu"))
+    check_pattern_stack(cfg)
+
+
+def _stack(a, n_layer: int, n_head: int, n: int, **change) -> list:
+    from .attention.connectivity import layer_reach
+    from .attention.patterns import layer_heads
+
+    kw = {**dict(summary=a.summary, summary_heads=a.summary_heads, integration=a.integration,
+                 layout=list(a.layout) if a.layout else None), **change}
+    return [layer_reach(layer_heads(a.pattern, n_head, a.stride, layer=r, **kw), n) for r in range(n_layer)]
+
+
+def check_pattern_stack(cfg) -> None:
+    """The configured stack must connect every j <= i at some depth (issue: multihead fixed with
+    several summary slices leaves the slices no summary head takes unreachable), and summary_heads
+    may not exceed the heads that take a summary. One line naming a setting that works."""
+    from .attention.connectivity import stack_unreachable
+    from .attention.constants import PAIRS
+    from .attention.patterns import layer_heads
+
+    m, a = cfg.model, cfg.attention
+    if a.pattern not in PAIRS and not a.layout:  # a primitive alone (stride, summary, ...) is a part by design
+        return
+    takers = max(sum(any(p.name == "summary" for p in parts) for parts in
+                     layer_heads(a.pattern, m.n_head, a.stride, layer=r, summary=a.summary, summary_heads=1,
+                                 integration=a.integration, layout=list(a.layout) if a.layout else None))
+                 for r in range(min(m.n_layer, 8)))
+    if takers and a.summary_heads > takers:
+        raise LaunchError(f"attention.summary_heads={a.summary_heads} exceeds the {takers} heads that take a summary "
+                          f"(pattern {a.pattern}, integration {a.integration}, n_head {m.n_head}); use at most {takers}")
+    n = min(cfg.data.seq_len, 3 * a.stride)  # three blocks show every pair type of a periodic pattern
+    period = len(a.layout) if a.layout else 2
+    layers = min(m.n_layer, period)
+    bad = int(stack_unreachable(_stack(a, layers, m.n_head, n)).sum())
+    if not bad:
+        return
+    fixes = [("attention.summary_heads=1", dict(summary_heads=1)), ("attention.integration=merged", dict(integration="merged"))]
+    works = next((name for name, change in fixes if not int(stack_unreachable(_stack(a, layers, m.n_head, n, **change)).sum())), None)
+    raise LaunchError(f"attention: pattern {a.pattern} with integration={a.integration}, n_head={m.n_head}, "
+                      f"summary_heads={a.summary_heads} leaves {bad} pairs (i, j) unreachable at any depth "
+                      f"(checked at n={n}); " + (f"{works} connects" if works else "choose another pattern or integration"))
 
 
 def check_backend(cfg, device) -> None:

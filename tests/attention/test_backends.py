@@ -179,3 +179,25 @@ def test_fp16_scores_of_large_inputs_do_not_overflow():
         steps = torch.cat([att(x[:, t:t + 1].half(), cache) for t in range(24)], 1)
     assert torch.isfinite(full).all() and torch.isfinite(steps).all()
     assert rel_err(steps, full) < 2e-3
+
+
+@pytest.mark.parametrize("backend", ["reference", "blocked"])
+def test_large_logits_through_every_merge_path_stay_exact(backend):
+    """Scores of ~1e4 (exp overflows fp32 past 88): softmaxes merged by log-sum-exp must subtract
+    the running maximum. Strided merged runs two key groups merged (blocked), fixed one softmax."""
+    from sparse_transformer.attention.backends.common import merge_softmaxes
+
+    g = torch.Generator().manual_seed(4)
+    for pattern, kw in (("strided", dict(integration="merged")), ("fixed", dict(summary=2, integration="merged"))):
+        heads = layer_heads(pattern, 2, 8, **kw)
+        q, k, v = (torch.randn(1, 2, 40, 16, generator=g) * 30 for _ in range(3))
+        out = attend(q, k, v, heads, backend=backend, scale=1.0)
+        want = attend(q.double(), k.double(), v.double(), heads, backend="reference", scale=1.0)
+        assert torch.isfinite(out).all() and rel_err(out, want) < 1e-5, pattern
+    # the merge itself: two parts with log-sum-exps near 1e4
+    outs = [torch.randn(3, 4, dtype=torch.float64) for _ in range(2)]
+    lses = [torch.full((3, 1), 1e4, dtype=torch.float64), torch.full((3, 1), 1e4 + 1, dtype=torch.float64)]
+    out, lse = merge_softmaxes([o.float() for o in outs], [x.float() for x in lses])
+    w = torch.softmax(torch.cat(lses, -1), -1)
+    assert torch.isfinite(out).all() and rel_err(out, w[:, :1] * outs[0] + w[:, 1:] * outs[1]) < 1e-6
+    assert rel_err(lse, torch.logsumexp(torch.cat(lses, -1), -1, keepdim=True)) < 1e-6

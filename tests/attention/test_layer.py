@@ -74,3 +74,19 @@ def test_bad_head_dims():
     heads = layer_heads("local", 3, 8)
     with pytest.raises(PatternError, match="multiples of n_head=3"):
         SparseAttention(32, 3, heads)
+
+
+def test_the_layer_is_the_papers_formula_recomputed_from_its_weights():
+    """An independent recomputation: projections, per-head scores q·k / sqrt(d_head) (d_head of Q and
+    K, here the half-size 8), the pattern's mask, softmax, values, head merge, output projection."""
+    from sparse_transformer.attention import pattern_mask
+
+    att = _layer("strided", "merged", None, 0, "reference", qk_ratio=0.5)
+    x = torch.randn(2, 21, 32, dtype=torch.float64)
+    H, n = att.n_head, x.shape[1]
+    lin = lambda m, t: t @ m.weight.T + m.bias  # noqa: E731
+    q, k, v = (lin(m, x).view(2, n, H, -1).transpose(1, 2) for m in (att.q, att.k, att.v))
+    s = q @ k.transpose(-1, -2) / (att.d_qk // H) ** 0.5
+    s = s.masked_fill(~pattern_mask("strided", n, 8), float("-inf"))
+    y = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(2, n, 32)
+    assert rel_err(att(x), lin(att.proj, y)) < 1e-12

@@ -97,3 +97,18 @@ def check_connectivity(layers: list[Tensor], steps: int = 2, max_pairs: int = 10
             failures = [tuple(int(x) for x in p) for p in bad.nonzero()[:max_pairs]]
     stack_ok = bool((compose(layers) | ~causal).all())
     return ConnectivityReport(n, steps, all(w[1] for w in windows), stack_ok, windows, failures)
+
+
+def stack_unreachable(layers: list[Tensor]) -> Tensor:
+    """(n, n) bool: pairs j <= i that no depth of this stack connects. The stack is applied layer
+    after layer until every layer has run and one more pass over it adds nothing (the reach of a
+    periodic stack stops growing), so a short check stands for an arbitrarily deep model."""
+    n = layers[0].shape[-1]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    reach = torch.eye(n)
+    while True:
+        before = reach
+        for m in layers:
+            reach = (m.to(torch.float32) @ reach).clamp_(max=1.0)
+        if torch.equal(reach > 0, before > 0):
+            return causal & ~(reach > 0)

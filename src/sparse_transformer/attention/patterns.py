@@ -3,7 +3,7 @@
 Every mask here is a pure function of broadcastable integer tensors (query index ``i``, key index
 ``j``) returning True where query i may attend key j. All masks are causal (j <= i).
 
-Primitives (l = stride, c = summary width), following OpenAI's code (see README "Conventions"):
+Primitives (l = stride, c = summary width), following OpenAI's code (see docs/attention.md, "Conventions"):
 
 - ``dense``   every j <= i
 - ``local``   0 <= i - j < l                 (l keys including i; the paper's text says l + 1)
