@@ -150,7 +150,7 @@ keep(A.plot_reach(panels, ncols=5, size=2.4, suptitle=f"two-step reach at n={N},
 #
 # A kernel works on tiles of queries x keys (FlexAttention: 128 x 128) and skips a tile only if no pair
 # in it is allowed. Drawn as **naive** (the head's union mask in natural order: what a plain block mask
-# runs) and **as run**: the calls the `flex` backend's own plans make (`flex.plan_for`), as its block
+# runs) and **as run**: the calls the `flex` backend's own plans make (`flex_plans.plan_for`), as its block
 # masks list their tiles (partial: mask evaluated; full: no mask). Local/block run in natural order with
 # the `summary` columns gathered after the keys (a compact set of n/l·c keys); `stride` runs in OpenAI's
 # transposed order, where each residue class mod l is a contiguous chunk with causal attention inside

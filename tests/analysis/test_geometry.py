@@ -49,7 +49,7 @@ def test_keys_per_query_fallback_for_a_user_pattern():
 def test_reach_windows_agree_with_the_checker():
     n = 64
     causal = torch.ones(n, n, dtype=torch.bool).tril()
-    for kw in (dict(pattern="fixed", summary=C_), dict(pattern="strided"), dict(pattern="local")):
+    for kw in ({"pattern": "fixed", "summary": C_}, {"pattern": "strided"}, {"pattern": "local"}):
         layers = stack_masks(kw.pop("pattern"), n, L_, 3, n_head=2, **kw)
         rep = check_connectivity(layers)
         wins = A.reach_windows(layers)
@@ -62,7 +62,7 @@ def test_layer_labels_and_connectivity_table():
     assert A.layer_labels("strided", 8, 3) == ["local", "stride", "local"]
     assert A.layer_labels("fixed", 8, 1, n_head=2, summary=2, summary_heads=2, integration="merged") == [
         "block+summary | block+summary[1]"]
-    rows = A.connectivity_table({"s": dict(pattern="strided", n_layer=3), "l": dict(pattern="local", n_layer=2)}, 64, 8)
+    rows = A.connectivity_table({"s": {"pattern": "strided", "n_layer": 3}, "l": {"pattern": "local", "n_layer": 2}}, 64, 8)
     assert rows[0]["ok"] and not rows[1]["ok"] and not rows[1]["stack_ok"]
 
 

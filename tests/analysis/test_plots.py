@@ -1,6 +1,7 @@
 """analysis.plots: every drawing runs and saves a PNG; numbers save as JSON."""
 
 import json
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -24,7 +25,7 @@ def test_plot_attention_every_modality(modality, shape, tmp_path):
     fig = A.plot_attention(modality, idx[0], maps[:, 0, :, 0], q, shape, labels=labels)
     assert len(fig.axes) >= 4
     path = A.save_figure(fig, tmp_path / "m" / f"{modality}.png")
-    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_pattern_drawings(tmp_path):
@@ -57,4 +58,4 @@ def test_pattern_drawings(tmp_path):
 
 def test_save_results_handles_tensors_and_nan(tmp_path):
     path = A.save_results({"t": torch.tensor([1.0, float("nan")]), "x": {"y": (1, 2)}}, tmp_path / "r.json")
-    assert json.load(open(path)) == {"t": [1.0, None], "x": {"y": [1, 2]}}
+    assert json.loads(Path(path).read_text()) == {"t": [1.0, None], "x": {"y": [1, 2]}}

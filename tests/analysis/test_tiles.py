@@ -10,7 +10,7 @@ from torch.nn.attention.flex_attention import create_mask
 
 from sparse_transformer import analysis as A
 from sparse_transformer.attention import heads_mask, layer_heads, pattern_mask
-from sparse_transformer.attention.backends import flex
+from sparse_transformer.attention.backends import flex_plans
 from tests.analysis.helpers import ALL, brute_tiles, heads_of
 
 
@@ -73,7 +73,7 @@ def test_run_layouts_are_the_backends_calls_exactly(pattern, n, l, c):
     tile's count = the pairs of the call's own mask (every head of it), every such tile listed."""
     parts = merged_head(pattern, l, c)
     layouts = A.run_layouts(parts, n)
-    assert sum(lay["stats"]["run"] for lay in layouts) == flex.computed_tiles((parts,), n)
+    assert sum(lay["stats"]["run"] for lay in layouts) == flex_plans.computed_tiles((parts,), n)
     assert sum(lay["pairs"] for lay in layouts) == A.pair_count(parts, n)
     for lay in layouts:
         bm = lay["call"].block_mask

@@ -4,6 +4,7 @@ costs. ``attention_maps`` is the one extraction of attention maps (the training 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -100,7 +101,7 @@ def distance_profile(maps: Tensor, rows, edges: Sequence[int]) -> Tensor:
     n = maps.shape[-1]
     dist = rows[:, None] - torch.arange(n)[None, :]
     bins = []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         sel = ((dist >= a) & (dist < b)).to(maps.dtype)
         bins.append((maps * sel).sum(-1).mean(dim=(1, 3)))
     return torch.stack(bins, -1)

@@ -7,6 +7,7 @@ for ``attention_maps``) stays free of it, and pyplot picks its backend only when
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -87,10 +88,11 @@ def draw_tiles(ax, classes: Tensor, title: str = "", mask: Tensor | None = None,
     if mask is not None:  # pairs in a frame of whole tiles: what lies past the sequence stays blank
         Q, KV = mask.shape
         img = classes.repeat_interleave(TILE, 0).repeat_interleave(TILE, 1)[:Q, :KV]
-        ax.imshow(img.numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest", extent=(-0.5, KV - 0.5, Q - 0.5, -0.5))
+        extent = (-0.5, KV - 0.5, Q - 0.5, -0.5)
+        ax.imshow(img.numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest", extent=extent)
         pairs = np.zeros((Q, KV, 4))
         pairs[..., 3] = mask.numpy()
-        ax.imshow(pairs, interpolation="antialiased", extent=(-0.5, KV - 0.5, Q - 0.5, -0.5))
+        ax.imshow(pairs, interpolation="antialiased", extent=extent)
         ax.set_xlim(-0.5, Tk * TILE - 0.5)
         ax.set_ylim(Tq * TILE - 0.5, -0.5)
         for t in range(1, Tq):
@@ -347,10 +349,10 @@ def plot_work_division(profile: Tensor, edges: Sequence[int], ablation: Tensor, 
             a1.plot(xb, profile[r, h].numpy(), "o-", ms=3, color=colors[lab], alpha=0.8,
                     label=lab if lab not in seen else None)
             seen.add(lab)
-    sb = next((k for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])) if a <= stride < b), None)
+    sb = next((k for k, (a, b) in enumerate(itertools.pairwise(edges)) if a <= stride < b), None)
     if sb is not None:
         a1.axvline(sb, color="grey", ls=":", lw=1)
-    a1.set_xticks(xb, [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])],
+    a1.set_xticks(xb, [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in itertools.pairwise(edges)],
                   fontsize=6, rotation=60)
     a1.set_xlabel(f"distance i - j (positions; dotted: the bin holding the stride {stride})", fontsize=8)
     a1.set_ylabel("attention mass")

@@ -1,10 +1,10 @@
 """Tiles: which TILE x TILE blocks of (query, key) scores a block-sparse kernel computes.
 
-- **as run** (``run_layouts``): asked from the ``flex`` backend's own plans (``flex.plan_for``),
-  nothing re-derived: per call of its kernels, the tiles its block mask lists as *partial* (mask
-  evaluated) or *full* (no mask), in the call's own order (natural keys, then the gathered summary
-  columns; ``stride`` in OpenAI's transposed order, as one padded sequence or as l sequences of
-  n/l), and the exact pairs in each tile from the call's own mask function;
+- **as run** (``run_layouts``): asked from the ``flex`` backend's own plans
+  (``flex_plans.plan_for``), nothing re-derived: per call of its kernels, the tiles its block mask
+  lists as *partial* (mask evaluated) or *full* (no mask), in the call's own order (natural keys,
+  then the gathered summary columns; ``stride`` in OpenAI's transposed order, as one padded
+  sequence or as l sequences of n/l), and the exact pairs in each tile from the call's own mask;
 - **naive** (``naive_layout``): the head's union mask in natural order (what a plain block mask
   would run), counted exactly; **dense** (``dense_tiles``): causal FlashAttention's tiles.
 
@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..attention.backends import flex
+from ..attention.backends import flex_plans
 from ..attention.patterns import Part, structure_cover, union_mask
 from .geometry import attention_flops, pair_count, scaling_parts
 
 Tensor = torch.Tensor
-TILE = flex.TILE  # the kernels' tile: 128 queries x 128 keys
+TILE = flex_plans.TILE  # the kernels' tile: 128 queries x 128 keys
 
 SKIPPED, PARTIAL, FULL = 0, 1, 2
 TILE_NAMES = ("skipped", "partial", "full")
@@ -174,7 +174,8 @@ def call_classes(call) -> Tensor:
     bm = call.block_mask
     Q, KV = bm.seq_lengths
     cls = torch.zeros(math.ceil(Q / TILE), math.ceil(KV / TILE), dtype=torch.int8)
-    for num, idx, value in ((bm.kv_num_blocks, bm.kv_indices, PARTIAL), (bm.full_kv_num_blocks, bm.full_kv_indices, FULL)):
+    lists = ((bm.kv_num_blocks, bm.kv_indices, PARTIAL), (bm.full_kv_num_blocks, bm.full_kv_indices, FULL))
+    for num, idx, value in lists:
         if num is None:
             continue
         num, idx = num[0, 0].long(), idx[0, 0].long()  # one analysed head: the block mask has H = 1
@@ -230,7 +231,8 @@ def _call_labels(parts: tuple, calls: list) -> list[str]:
     assert len(names) == len(calls), (names, [c.kind for c in calls])
     where = {"natural": "natural order", "residue": "transposed, padded to {Q}",
              "residue_view": "transposed view: {w} sequences of {Q}"}
-    return [f"{name} ({where[c.kind].format(Q=c.block_mask.seq_lengths[0], w=c.width)})" for name, c in zip(names, calls)]
+    return [f"{name} ({where[c.kind].format(Q=c.block_mask.seq_lengths[0], w=c.width)})"
+            for name, c in zip(names, calls)]
 
 
 def run_layouts(parts: tuple, n: int) -> list[dict]:
@@ -239,7 +241,7 @@ def run_layouts(parts: tuple, n: int) -> list[dict]:
     A transposed view's classes are those of one of its ``repeats`` = l sequences; its counts and
     stats cover all of them. The calls' pairs partition the head's pairs; ``run_pairs`` counts the
     pairs of the tiles run, each tile clipped to its call's sequence lengths."""
-    plan = flex.plan_for((parts,), n, "cpu")
+    plan = flex_plans.plan_for((parts,), n, "cpu")
     out = []
     for label, call in zip(_call_labels(parts, plan.calls), plan.calls):
         Q, KV = call.block_mask.seq_lengths
