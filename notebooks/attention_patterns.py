@@ -23,8 +23,8 @@
 # 2. two-step reachability of every (i, j) from the connectivity checker (residual path included,
 #    layers in their real order);
 # 3. the tile layout a block-sparse GPU kernel runs (128 x 128 tiles: skipped, partial, full), at a
-#    realistic n and zoomed at a small one: the union mask in natural order against the way
-#    design.md runs it (stride transposed, summary columns gathered);
+#    realistic n and zoomed at a small one: the union mask in natural order against the way the
+#    `flex` backend's own plans run it (stride transposed, summary columns gathered);
 # 4. attended pairs and attention FLOPs vs n for each pattern against dense (log-log).
 #
 # Query i runs down, key j across; every mask is causal (j <= i).
@@ -34,8 +34,8 @@ N = 64  # small n for the drawings
 STRIDE = 8  # l
 SUMMARY = 2  # c
 SUMMARY_HEADS = 2  # distinct summary slices across heads
-N_ZOOM, STRIDE_ZOOM, SUMMARY_ZOOM, TILE_ZOOM = 128, 16, 4, 16  # the zoomed tile picture
-N_REAL, STRIDE_REAL, SUMMARY_REAL, TILE = 8192, 128, 32, 128  # enwik8-like: l = 128, c = 32
+N_ZOOM, STRIDE_ZOOM, SUMMARY_ZOOM = 1024, 32, 8  # the zoomed tile picture (8 x 8 tiles)
+N_REAL, STRIDE_REAL, SUMMARY_REAL = 8192, 128, 32  # enwik8-like: l = 128, c = 32
 SCALING_NS = [2**k for k in range(8, 21)]  # n = 256 .. 1M for the pairs-vs-n curves (closed forms: any n)
 TILE_MAX_N = 8192  # tiles run are counted for n up to this
 D_HEAD = 64
@@ -150,13 +150,14 @@ keep(A.plot_reach(panels, ncols=5, size=2.4, suptitle=f"two-step reach at n={N},
 #
 # A kernel works on tiles of queries x keys (FlexAttention: 128 x 128) and skips a tile only if no pair
 # in it is allowed. Drawn as **naive** (the head's union mask in natural order: what a plain block mask
-# runs) and **as run** (design.md: local/block in natural order; `stride` in OpenAI's transposed order,
-# where each residue class mod l is a contiguous chunk with causal attention inside; `summary` columns
-# gathered into a compact key set of n/l·c keys). A pair two groups allow is counted by the first.
-# This is the decomposition design.md prescribes (and the `blocked` CPU backend uses); the `flex`
-# GPU backend's block masks may differ in detail.
+# runs) and **as run**: the calls the `flex` backend's own plans make (`flex_plans.plan_for`), as its block
+# masks list their tiles (partial: mask evaluated; full: no mask). Local/block run in natural order with
+# the `summary` columns gathered after the keys (a compact set of n/l·c keys); `stride` runs in OpenAI's
+# transposed order, where each residue class mod l is a contiguous chunk with causal attention inside
+# (with l | n as l sequences of n/l, each costing whole tiles). A pair two calls allow is counted by
+# the first.
 #
-# First zoomed in (small n, small tiles; black dots are the allowed pairs, in each group's own order):
+# First zoomed in (small n; black: the allowed pairs, in each call's own order):
 
 # %%
 def merged_head(pattern, n, stride, summary=None):
@@ -164,8 +165,8 @@ def merged_head(pattern, n, stride, summary=None):
 
 
 zoom = {"strided": merged_head("strided", N_ZOOM, STRIDE_ZOOM), "fixed": merged_head("fixed", N_ZOOM, STRIDE_ZOOM, SUMMARY_ZOOM)}
-fig, zoom_info = A.plot_tile_layouts(zoom, N_ZOOM, TILE_ZOOM, overlay=True, suptitle=(
-    f"one merged head at n={N_ZOOM}, l={STRIDE_ZOOM}, c={SUMMARY_ZOOM}, tiles of {TILE_ZOOM}"))
+fig, zoom_info = A.plot_tile_layouts(zoom, N_ZOOM, overlay=True, suptitle=(
+    f"one merged head at n={N_ZOOM}, l={STRIDE_ZOOM}, c={SUMMARY_ZOOM}, tiles of {A.TILE}"))
 keep(fig, "tiles_zoom")
 
 # %% [markdown]
@@ -173,11 +174,12 @@ keep(fig, "tiles_zoom")
 
 # %%
 real = {"strided": merged_head("strided", N_REAL, STRIDE_REAL), "fixed": merged_head("fixed", N_REAL, STRIDE_REAL, SUMMARY_REAL)}
-fig, real_info = A.plot_tile_layouts(real, N_REAL, TILE, suptitle=(
-    f"{TILE}x{TILE} tiles at n={N_REAL}, l={STRIDE_REAL}, c={SUMMARY_REAL} (one merged head)"))
+fig, real_info = A.plot_tile_layouts(real, N_REAL, suptitle=(
+    f"{A.TILE}x{A.TILE} tiles at n={N_REAL}, l={STRIDE_REAL}, c={SUMMARY_REAL} (one merged head)"))
 keep(fig, "tiles_real")
-dense = A.dense_tiles(N_REAL, TILE)
-results["tiles_real"] = {"n": N_REAL, "stride": STRIDE_REAL, "summary": SUMMARY_REAL, "tile": TILE, "dense": dense, **real_info}
+dense = A.dense_tiles(N_REAL)
+results["tiles_real"] = {"n": N_REAL, "stride": STRIDE_REAL, "summary": SUMMARY_REAL, "tile": A.TILE, "dense": dense,
+                         **real_info}
 pd.DataFrame(
     [{"pattern": "dense (causal)", "layout": "natural", "tiles run": dense["run"], "of": dense["total"],
       "full": dense["full"], "partial": dense["partial"]}]
@@ -190,20 +192,21 @@ pd.DataFrame(
 # %% [markdown]
 # The naive `strided` mask touches every causal tile (each has a stride diagonal in it) and
 # `summary` columns fall in every tile too: a block-sparse kernel on the plain mask skips nothing
-# and does dense work. Transposed, `stride` runs only the diagonal chunks; gathered, the summary keys
+# and does dense work. Transposed, `stride` runs only its causal chunks (but each of its l sequences
+# costs at least one tile: while n/l < 128 those tiles are mostly empty); gathered, the summary keys
 # fill whole tiles.
 #
 # ## 5. Attended pairs and FLOPs vs n
 #
 # One head per pattern with l = round(sqrt n) and c = min(32, l/4). Solid: exact pairs
-# (closed forms, checked against the masks in `tests/test_analysis.py`) and their FLOPs (QK^T and PV,
-# 4·d_head per pair); dashed: the FLOPs of the whole 128 x 128 tiles the as-run layout computes.
+# (closed forms, checked against the masks in `tests/analysis/test_geometry.py`) and their FLOPs (QK^T and PV,
+# 4·d_head per pair); dashed: the FLOPs of the whole 128 x 128 tiles the flex kernels compute.
 
 # %%
 scaling = A.scaling_table(["dense", "local", "stride", "block", "summary", "strided", "fixed"], SCALING_NS,
-                          d_head=D_HEAD, tile=TILE, tile_max_n=TILE_MAX_N)
+                          d_head=D_HEAD, tile_max_n=TILE_MAX_N)
 results["scaling"] = scaling
-keep(A.plot_scaling(scaling, d_head=D_HEAD, tile=TILE), "scaling")
+keep(A.plot_scaling(scaling, d_head=D_HEAD), "scaling")
 pd.DataFrame([{"n": r["n"], "pattern": r["pattern"], "l": r["stride"], "pairs": r["pairs"],
                "% of dense": round(100 * r["fraction_of_dense"], 3),
                "tile FLOPs / exact": round(r["tile_flops"] / r["flops"], 2) if "tile_flops" in r else None}

@@ -116,3 +116,5 @@ def test_the_deprecated_flat_netconfig_builds_the_same_network():
     new = _net(pattern="fixed", summary=2)
     assert old.cfg == new.cfg
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    with pytest.warns(DeprecationWarning):  # its shape was the positions': a 1-D one stays one table
+        assert SparseTransformer(NetConfig(shape=(50,), stride=8)).cfg.shape == (50,)

@@ -79,7 +79,7 @@ def test_attention_maps_notebook_trains_and_draws_text(tmp_path):
 
 
 def test_attention_maps_notebook_image_demo(tmp_path):
-    # a random model on synthetic images (the audio drawing path is tested in test_analysis.py)
+    # a random model on synthetic images (the audio drawing path is tested in tests/analysis/test_plots.py)
     r = run("attention_maps", tmp_path, {"DEMO": "image", "DEMO_SHAPE": [8, 8, 3]})
     assert r["modality"] == "image" and r["shape"] == [8, 8, 3]
     check_maps(r)

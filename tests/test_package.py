@@ -15,7 +15,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(N
 
 
 def _help(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *cmd, "--help"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, *cmd, "--help"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_the_public_names_resolve_and_importing_the_package_loads_no_torch():

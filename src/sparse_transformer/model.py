@@ -63,7 +63,8 @@ class NetSpec:
 
 def NetConfig(shape: Sequence[int] = (8, 32), **kw) -> NetSpec:  # it was a class: the name stays
     """Deprecated (for one release): the network's settings as flat keywords, each a field of
-    ModelConfig or AttentionConfig; ``SparseTransformer(NetConfig(...))``. Write
+    ModelConfig or AttentionConfig, and ``shape`` the positions' (as before: not factorized again);
+    ``SparseTransformer(NetConfig(...))``. Write
     ``SparseTransformer(ModelConfig(...), AttentionConfig(...), shape)``."""
     warnings.warn("NetConfig is deprecated: use SparseTransformer(ModelConfig(...), AttentionConfig(...), shape)",
                   DeprecationWarning, stacklevel=2)
@@ -146,9 +147,10 @@ class SparseTransformer(nn.Module):
     def __init__(self, model: ModelConfig, attention: AttentionConfig | None = None,
                  shape: Sequence[int] | None = None):
         super().__init__()
-        if isinstance(model, NetSpec):  # the deprecated form, for one release
-            model, attention, shape = model.model, model.attention, model.shape
-        self.cfg = NetSpec(model, attention, positions(shape, attention.stride))
+        if isinstance(model, NetSpec):  # the deprecated form, for one release: its shape is the positions'
+            self.cfg, model, attention = model, model.model, model.attention
+        else:
+            self.cfg = NetSpec(model, attention, positions(shape, attention.stride))
         d, shape = model.d_model, self.cfg.shape
         self.tok_emb = nn.Embedding(model.vocab_size, d)
         self.pos_emb = nn.ModuleList(nn.Embedding(size, d) for size in shape)

@@ -45,6 +45,7 @@ from .config import (
     check_sample,
     field_docs,
 )
+from .media import mulaw_decode, sample_grid, tokens_to_text, write_png, write_wav
 
 # What fixes a trained network: a checkpoint's values of these cannot be changed on the command line.
 ARCH_KEYS = (
@@ -265,53 +266,6 @@ def atomic_folder(out: Path):
         raise
 
 
-def image_grid(tokens, shape, pad: int = 2):
-    """(N, H*W*C) 8-bit pixel tokens, row-major (H, W, C) -> one uint8 image (rows, cols[, C]) of tiles."""
-    import numpy as np
-
-    x = np.asarray(tokens, dtype=np.uint8)
-    H, W = shape[0], shape[1]
-    C = shape[2] if len(shape) > 2 else 1
-    imgs = x.reshape(len(x), H, W, C)
-    cols = math.ceil(math.sqrt(len(imgs)))
-    rows = math.ceil(len(imgs) / cols)
-    grid = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad, C), 128, dtype=np.uint8)
-    for k, img in enumerate(imgs):
-        r, c = divmod(k, cols)
-        grid[pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = img
-    return grid[..., 0] if C == 1 else grid
-
-
-def write_png(path: Path, img) -> None:
-    from PIL import Image  # Pillow: a dependency of matplotlib
-
-    mode = {2: "L"}.get(img.ndim) or {3: "RGB", 4: "RGBA"}.get(img.shape[-1])
-    if mode is None:  # e.g. 2 channels: show the first
-        img, mode = img[..., 0], "L"
-    Image.fromarray(img, mode=mode).save(path)
-
-
-def mu_law_decode(tokens, mu: int = 255):
-    """8-bit mu-law tokens (0..255) -> float samples in [-1, 1] (the inverse of the usual encoding)."""
-    import numpy as np
-
-    x = np.asarray(tokens, dtype=np.float64) / mu * 2 - 1
-    return np.sign(x) * np.expm1(np.abs(x) * np.log1p(mu)) / mu
-
-
-def write_wav(path: Path, samples, rate: int) -> None:
-    import wave
-
-    import numpy as np
-
-    pcm = np.clip(np.round(np.asarray(samples) * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(rate))
-        w.writeframes(pcm.tobytes())
-
-
 def write_outputs(folder: Path, tokens, cfg, shape, prefix_len: int) -> list[str]:
     """The modality's files for (N, length) tokens; returns their names."""
     import numpy as np
@@ -320,18 +274,18 @@ def write_outputs(folder: Path, tokens, cfg, shape, prefix_len: int) -> list[str
     files = ["tokens.npy"]
     modality = cfg.data.modality
     if modality == "image" and tokens.shape[1] == math.prod(shape):
-        write_png(folder / "grid.png", image_grid(tokens, shape))
+        write_png(folder / "grid.png", sample_grid(tokens, shape, primed=prefix_len))
         files.append("grid.png")
     elif modality == "audio":
         rate = int(cfg.data.get("sample_rate", None) or 12000)  # the paper: 12 kHz
         for k, row in enumerate(tokens):
-            write_wav(folder / f"sample_{k:03d}.wav", mu_law_decode(row), rate)
+            write_wav(folder / f"sample_{k:03d}.wav", mulaw_decode(row), rate)
             files.append(f"sample_{k:03d}.wav")
     else:  # text (and images cut short): bytes as UTF-8
         with open(folder / "samples.txt", "w", encoding="utf-8") as f:
             for k, row in enumerate(tokens):
                 f.write(f"===== sample {k} ({prefix_len} prefix tokens, {len(row)} in all) =====\n")
-                f.write(bytes(int(x) % 256 for x in row).decode("utf-8", errors="replace") + "\n\n")
+                f.write(tokens_to_text(row) + "\n\n")
         files.append("samples.txt")
     return files
 

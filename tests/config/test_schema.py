@@ -10,7 +10,8 @@ from sparse_transformer.attention.constants import BACKENDS, INTEGRATIONS
 from sparse_transformer.config import AttentionConfig, Config, ConfigError, field_docs, load_config, section
 from sparse_transformer.config.schema import leaves
 
-LITERALS = {k: typing.get_args(leaf.type) for k, leaf in leaves().items() if typing.get_origin(leaf.type) is typing.Literal}
+LITERALS = {k: typing.get_args(leaf.type) for k, leaf in leaves().items()
+            if typing.get_origin(leaf.type) is typing.Literal}
 FLOATS = [k for k, leaf in leaves().items() if float in (leaf.type, *typing.get_args(leaf.type)) and not leaf.is_list]
 
 

@@ -29,7 +29,7 @@ def stand_in(exp: str, cfg, root) -> list[str]:
         return args + [f"data.source={src}"]
     args = ["data.seq_len=64", "attention.stride=8"]
     if cfg.get("attention", {}).get("summary"):
-        # the tiny model has 2 heads: at most 2 take a summary slice
+        # at most the tiny model's 2 heads take a summary slice each (more slices are refused)
         args += ["attention.summary=2", f"attention.summary_heads={min(2, cfg.attention.get('summary_heads', 1))}"]
     if modality == "audio":
         (root / "wav").mkdir()

@@ -1,14 +1,13 @@
 """Where a few query positions attend, per layer and head, for one fixed input.
 
-Computed through each layer's explicit-softmax path for the chosen rows only
-(``SparseAttention.attention_rows``: O(queries · n) memory, so it works at any length), and drawn
+Computed by ``analysis.attention_maps`` (each layer's explicit softmax for the chosen rows only,
+``SparseAttention.attention_rows``: O(queries · n) memory, so it works at any length), and drawn
 as heatmaps over the data's layout: images as H×W maps laid over the image (channels summed),
 text and audio as the (n/l, l) matrix of the factorized positions, where ``local`` is a diagonal
 band, ``stride`` a column and ``summary`` a set of columns.
 
-For notebooks: ``attention_maps`` (the numbers), ``attention_image`` (one row -> a 2-D map),
-``plot_attention_maps`` (one query: a layers × heads figure), ``draw_attention_maps`` (all of it
-from a model and an input).
+For notebooks: ``attention_image`` (one row -> a 2-D map), ``plot_attention_maps`` (one query: a
+layers × heads figure), ``draw_attention_maps`` (all of it from a model and an input).
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from ..analysis import attention_maps
 
 MAX_LAYERS = 8
 
@@ -37,30 +38,6 @@ def default_layers(n_layer: int, limit: int = MAX_LAYERS) -> list[int]:
     if n_layer <= limit:
         return list(range(n_layer))
     return sorted({round(k * (n_layer - 1) / (limit - 1)) for k in range(limit)})
-
-
-@torch.no_grad()
-def attention_maps(net, tokens, queries, layers=None) -> torch.Tensor:
-    """Attention probabilities (len(layers), H, len(queries), n) of ``tokens`` (n,) or (1, n).
-
-    Runs the embeddings and the blocks up to the last chosen layer (in the net's current mode;
-    call ``net.eval()`` first to turn dropout off) and asks each chosen block's attention for the
-    query rows of its input ``ln1(x)``."""
-    tokens = torch.as_tensor(tokens)
-    if tokens.dim() == 1:
-        tokens = tokens[None]
-    device = next(net.parameters()).device
-    tokens = tokens[:1].to(device=device, dtype=torch.long)
-    layers = list(range(len(net.blocks))) if layers is None else [int(r) for r in layers]
-    x = net.embed(tokens)
-    out = {}
-    for r, blk in enumerate(net.blocks):
-        if r in layers:
-            out[r] = blk.attn.attention_rows(blk.ln1(x), list(queries))[0].float().cpu()
-        if r >= max(layers):
-            break
-        x = blk(x)
-    return torch.stack([out[r] for r in layers])
 
 
 def attention_image(probs, shape) -> np.ndarray:
@@ -139,12 +116,7 @@ def draw_attention_maps(net, tokens, shape, queries=None, layers=None, image=Non
     n = int(np.prod([int(s) for s in shape]))
     queries = list(queries) if queries else default_queries(n, shape)
     layers = list(layers) if layers is not None else default_layers(len(net.blocks))
-    was = net.training
-    net.eval()
-    try:
-        maps = attention_maps(net, tokens, queries, layers).numpy()
-    finally:
-        net.train(was)
+    maps = attention_maps(net, torch.as_tensor(tokens).reshape(-1, n)[:1], queries, layers)[:, 0].numpy()
     return [(qq, plot_attention_maps(maps, queries, shape, k, layers=layers, image=image,
                                      title=f"{title}query {qq} (cyan)")) for k, qq in enumerate(queries)]
 

@@ -12,7 +12,24 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .media import mulaw_decode, save_samples, tokens_to_text
+from ..media import mulaw_decode, sample_grid, tokens_to_text, write_png, write_wav
+
+
+def save_samples(tokens: np.ndarray, modality: str, shape, folder: str | Path, stem: str,
+                 sample_rate: int = 12000) -> list[Path]:
+    """Write (N, n) uint8 samples as media under ``folder``: ``<stem>.png`` (a readable image grid),
+    ``<stem>-<k>.wav`` per audio sample, or ``<stem>.txt`` (text samples separated by rules)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if modality == "image":
+        return [write_png(folder / f"{stem}.png", sample_grid(tokens, shape))]
+    if modality == "audio":
+        return [write_wav(folder / f"{stem}-{k}.wav", mulaw_decode(t), sample_rate) for k, t in enumerate(tokens)]
+    text = "".join(f"===== sample {k} =====\n{tokens_to_text(t)}\n" for k, t in enumerate(tokens))
+    path = folder / f"{stem}.txt"
+    path.write_text(text, encoding="utf-8")
+    return [path]
+
 
 @torch.no_grad()
 def sample_uncached(net, count: int, length: int | None = None, temperature: float = 1.0,

@@ -27,29 +27,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..media import mulaw_encode
 from . import hub
 from .base import TokenDataModule
 from .store import SPLITS, DataError, StoreWriter
 
-MU = 255
 SPLIT_SEED = 1234  # fixed track permutation: the same held-out tracks for every cfg.seed
 AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".opus"}
-
-
-# ---------------------------------------------------------------------------------------------
-# mu-law (ITU-T G.711's continuous form, mu = 255), written here so it is exact and dependency-free
-# ---------------------------------------------------------------------------------------------
-def mulaw_encode(x: np.ndarray, mu: int = MU) -> np.ndarray:
-    """Float samples in [-1, 1] -> uint8 codes 0..mu (values outside are clipped)."""
-    x = np.clip(np.asarray(x, dtype=np.float64), -1.0, 1.0)
-    y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
-    return np.floor((y + 1) / 2 * mu + 0.5).astype(np.uint8)
-
-
-def mulaw_decode(q: np.ndarray, mu: int = MU) -> np.ndarray:
-    """uint8 codes -> float32 samples in [-1, 1] (the centre of each code's interval)."""
-    y = 2 * np.asarray(q, dtype=np.float64) / mu - 1
-    return (np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..media import mulaw_encode
 from .store import DataError
 
 BPM = 80  # quarter notes per minute: not in the scores; a common chorale tempo (chosen)
@@ -136,8 +137,6 @@ def fluidsynth_render(notes: np.ndarray, sr: int) -> np.ndarray:
 
 
 def render_one(path: str, sr: int, synth: str) -> np.ndarray:
-    from .audio import mulaw_encode
-
     notes = score_notes(path)
     x = fluidsynth_render(notes, sr) if synth == "fluidsynth" else simple_synth(notes, sr)
     peak = float(np.abs(x).max())
