@@ -100,6 +100,23 @@ def test_stride_longer_than_one_tile_and_wide_band(tiles):
         assert max(_errors(heads, 80, torch.float32, 16, 16, seed=l)) < 1e-5, pattern
 
 
+@pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
+@pytest.mark.parametrize("split", [True, False])
+def test_full_tiles_without_masks_match_the_reference(split, tiles, monkeypatch):
+    """Sizes where many tiles are attended in full by every row (a wide band, long residue
+    sequences, summary cells of many earlier blocks): the unmasked loops' bounds are exact, and
+    the single masked loop (split off) gives the same."""
+    monkeypatch.setattr(tb, "INTERPRET_SPLIT", split)
+    tiles(16, 16)
+    cases = [("local", 48, {}, 100), ("stride", 4, {}, 150), ("strided", 4, dict(integration="merged"), 150),
+             ("fixed", 8, dict(summary=2, summary_heads=2, integration="merged"), 200),
+             ("summary", 8, dict(summary=3, summary_heads=2), 190)]
+    for pattern, l, kw, n in cases:
+        heads = layer_heads(pattern, 2, l, **kw)
+        errs = _errors(heads, n, torch.float32, 16, 16, seed=n)
+        assert max(errs) < 1e-5, (pattern, errs)
+
+
 def test_empty_rows_are_exactly_zero_with_zero_gradient(tiles):
     """A summary-only head: the first block's rows before its slice attend nothing."""
     tiles(16, 16)
