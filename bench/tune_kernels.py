@@ -25,6 +25,10 @@ ap.add_argument("--shapes", default="16k,64k,in64,enwik8")
 ap.add_argument("--patterns", default="local,stride,strided,fixed")
 ap.add_argument("--out", default="bench/results")
 ap.add_argument("--reps", type=int, default=20)
+ap.add_argument("--tag", default="", help="suffix of the output file name")
+ap.add_argument("--compile-only", action="store_true",
+                help="only compile every candidate (run several of these in parallel to fill Triton's cache, "
+                     "then delete its *.autotune.json: the timings of a compile-only run are not real)")
 args = ap.parse_args()
 os.environ["SPARSE_TRANSFORMER_TRITON_CONFIGS"] = args.configs  # read when the kernels are first built
 
@@ -58,6 +62,12 @@ def _recording_bench(self, *a, config, **meta):
 
 
 Autotuner._bench = _recording_bench
+if args.compile_only:
+    def _once(fn, *a, quantiles=None, **kw):
+        fn()
+        return [1.0] * len(quantiles) if quantiles else 1.0
+
+    triton.testing.do_bench = _once
 
 
 def median_ms(fn, reps):
@@ -107,6 +117,12 @@ def main():
         go = torch.randn(B, n, H, dv, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
         qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
 
+        if args.compile_only:
+            for pattern in (only or args.patterns.split(",")):
+                out = attend(qt, kt, vt, heads_for(pattern, H, l), backend="triton")
+                torch.autograd.grad(out, (q, k, v), go)
+                print(f"compiled {shape} {pattern}", flush=True)
+            continue
         dense = {}
         for name, kern in (("default", None), ("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
             def sdpa(a, b, c, kern=kern):
@@ -152,9 +168,10 @@ def main():
                     cands = sorted((c for c in rec["candidates"] if c["kernel"] == kern and json.dumps(c["meta"], sort_keys=True) == meta),
                                    key=lambda c: c["ms"])
                     print(f"    {kern:24s} {meta:40s} " + "  ".join(
-                        f"{c['config']['BM']}x{c['config']['BN']}w{c['config']['warps']}s{c['config']['stages']}:{c['ms']:.3f}" for c in cands[:4]))
+                        f"{c['config']['BM']}x{c['config']['BN']}w{c['config']['warps']}s{c['config']['stages']}"
+                        f"{'S' if c['config'].get('SPLIT') else ''}:{c['ms']:.3f}" for c in cands[:4]))
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / f"tune-{card}.json").write_text(json.dumps(records, indent=1))
+            (Path(args.out) / f"tune-{card}{args.tag}.json").write_text(json.dumps(records, indent=1))
         del q, k, v, go, qt, kt, vt
         torch.cuda.empty_cache()
 

@@ -200,8 +200,9 @@ def test_what_the_kernels_take_and_what_auto_does():
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-2), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("dims", [(32, 32), (64, 64), (128, 128), (64, 128)])
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-2), (torch.float32, 1e-5)],
+                         ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("dims", [(32, 32), (64, 64), (128, 128), (64, 128)], ids=lambda d: f"d{d[0]}-{d[1]}")
 @pytest.mark.parametrize("case", list(CASES))
 def test_gpu_kernels_match_the_float64_reference(case, dims, dtype, tol):
     pattern, kw, layer = CASES[case]

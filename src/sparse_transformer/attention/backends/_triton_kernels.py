@@ -75,10 +75,14 @@ def _finish(acc, m_i, l_i):
 
 
 @triton.jit
-def _row_stats(LSE, DELTA, row, valid):
-    """The union's lse (base 2; +inf on empty rows, so p = 0 there) and Δ = rowsum(dO·O) of rows ``row``."""
+def _row_stats(LSE, DELTA, row, valid, NO_DELTA: tl.constexpr = False):
+    """The union's lse (base 2; +inf on empty rows, so p = 0 there) and Δ = rowsum(dO·O) of rows
+    ``row`` (Δ = 0 without reading when ``NO_DELTA``: the caller computes it)."""
     lse2 = tl.load(LSE + row, mask=valid, other=0.0) * 1.4426950408889634
-    return tl.where(lse2 == float("-inf"), float("inf"), lse2), tl.load(DELTA + row, mask=valid, other=0.0)
+    lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
+    if NO_DELTA:
+        return lse2, tl.zeros_like(lse2)
+    return lse2, tl.load(DELTA + row, mask=valid, other=0.0)
 
 
 @triton.jit
@@ -270,10 +274,11 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     q = _rows(Q, b * sqb + h * sqh, pos, sqn, dq_, valid)
     do = _rows(DO, b * sdob + h * sdoh, pos, sdon, dv_, valid)
     row = (b * H + h) * n + pos
-    if not ACCUM:
+    lse2, delta = _row_stats(LSE, DELTA, row, valid, not ACCUM)
+    if not ACCUM:  # Δ from registers: reading back what other threads of this program just stored would race
         o = _rows(O, b * sob + h * soh, pos, son, dv_, valid)
-        tl.store(DELTA + row, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=valid)
-    lse2, delta = _row_stats(LSE, DELTA, row, valid)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(DELTA + row, delta, mask=valid)
     acc = tl.zeros([BM, DQK], tl.float32)
     lo, hi = tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r)
     f_lo, f_hi = _seq_full_keys(t0, len_r, W, EXCL, BM, BN)
@@ -465,8 +470,9 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
     do = _rows(DO, b * sdob + h * sdoh, i64, sdon, dv_, valid)
     o = _rows(O, b * sob + h * soh, i64, son, dv_, valid)
     row = (b * H + h) * n + i64
-    tl.store(DELTA + row, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=valid)
-    lse2, delta = _row_stats(LSE, DELTA, row, valid)
+    lse2, _d = _row_stats(LSE, DELTA, row, valid, True)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # from registers (a read-back would race)
+    tl.store(DELTA + row, delta, mask=valid)
     acc = tl.zeros([BM, DQK], tl.float32)
     if HAS_SUMMARY:
         g_hi = (i_last // L) * C
