@@ -48,18 +48,12 @@ def _rows(X, base, pos, stride, d, valid):
 
 
 @triton.jit
-def _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE: tl.constexpr, MASKED: tl.constexpr = True):
+def _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE: tl.constexpr):
     """One key tile of the online softmax (base 2, fp32). A row with no allowed key so far keeps
-    m = -inf and l = 0 (its shift is 0, so no inf - inf). ``MASKED=False``: a tile every row may
-    attend in full (no mask arithmetic; every row then has a finite maximum)."""
-    s = _dot(q, tl.trans(k), IEEE) * scale_log2e
-    if MASKED:
-        s = tl.where(allowed, s, float("-inf"))
+    m = -inf and l = 0 (its shift is 0, so no inf - inf)."""
+    s = tl.where(allowed, _dot(q, tl.trans(k), IEEE) * scale_log2e, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    if MASKED:
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    else:
-        m_safe = m_new
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
@@ -86,38 +80,20 @@ def _row_stats(LSE, DELTA, row, valid, NO_DELTA: tl.constexpr = False):
 
 
 @triton.jit
-def _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, IEEE: tl.constexpr, MASKED: tl.constexpr = True):
+def _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, IEEE: tl.constexpr):
     """dq contribution (unscaled) of one key tile: dS·K with dS = P ∘ (dO·Vᵀ − Δ)."""
-    p = tl.exp2(_dot(q, tl.trans(k), IEEE) * scale_log2e - lse2[:, None])
-    if MASKED:
-        p = tl.where(allowed, p, 0.0)
+    p = tl.where(allowed, tl.exp2(_dot(q, tl.trans(k), IEEE) * scale_log2e - lse2[:, None]), 0.0)
     ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
     return _dot(ds.to(k.dtype), k, IEEE)
 
 
 @triton.jit
-def _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE: tl.constexpr, MASKED: tl.constexpr = True):
+def _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE: tl.constexpr):
     """(dk unscaled, dv) contributions of one query tile to a key tile, in transposed form."""
-    p_t = tl.exp2(_dot(k, tl.trans(q), IEEE) * scale_log2e - lse2[None, :])
-    if MASKED:
-        p_t = tl.where(allowed_t, p_t, 0.0)
+    p_t = tl.where(allowed_t, tl.exp2(_dot(k, tl.trans(q), IEEE) * scale_log2e - lse2[None, :]), 0.0)
     dv = _dot(p_t.to(do.dtype), do, IEEE)
     ds_t = p_t * (_dot(v, tl.trans(do), IEEE) - delta[None, :])
     return _dot(ds_t.to(q.dtype), q, IEEE), dv
-
-
-@triton.jit
-def _split(lo, hi, full_lo, full_hi, T: tl.constexpr, SPLIT: tl.constexpr):
-    """Split the tile starts lo, lo + T, ... below hi into three runs [lo, a), [a, b), [b, hi): a
-    tile starting at s is *full* (needs no mask) iff full_lo <= s <= full_hi, and [a, b) are the
-    full ones (a = b = hi when SPLIT is off: every tile masked, one loop)."""
-    if not SPLIT:
-        return hi, hi
-    n_t = tl.maximum(hi - lo + T - 1, 0) // T
-    first = tl.minimum(tl.maximum(full_lo - lo + T - 1, 0) // T, n_t)
-    end = tl.where(full_hi >= lo, (tl.maximum(full_hi, lo) - lo) // T + 1, 0)
-    end = tl.minimum(tl.maximum(end, first), n_t)
-    return lo + first * T, lo + end * T
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,73 +124,11 @@ def _seq_allowed(t, tk, len_r, W, EXCL: tl.constexpr):
 
 
 @triton.jit
-def _seq_full_keys(t0, len_r, W, EXCL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """The key tile starts s every row of [t0, t0 + BM) may attend in full: s >= t0 + BM - W (the
-    band's far edge), s + BN - 1 <= t0 - EXCL (causal), s + BN <= len_r (every key exists)."""
-    return t0 + BM - W, tl.minimum(t0 - EXCL, len_r - 1) - BN + 1
-
-
-@triton.jit
-def _seq_full_rows(s0, len_r, W, EXCL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """The query tile starts t whose rows all attend every key of [s0, s0 + BN) and exist."""
-    return s0 + BN - 1 + EXCL, tl.minimum(s0 + W - BM, len_r - BM)
-
-
-@triton.jit
-def _seq_fwd_run(q, K, V, kb, vb, skn, svn, r, RS, t, len_r, W, s_lo, s_hi, m_i, l_i, acc, scale_log2e,
-                 EXCL: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
-                 DQK: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr):
-    """The online softmax over the key tiles starting in [s_lo, s_hi)."""
-    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
-    for s0 in range(s_lo, s_hi, BN):
-        tk = s0 + tl.arange(0, BN)
-        kpos = (r + tk * RS).to(tl.int64)
-        k = _rows(K, kb, kpos, skn, dq, tk < len_r)
-        v = _rows(V, vb, kpos, svn, dv, tk < len_r)
-        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, len_r, W, EXCL), m_i, l_i, acc, scale_log2e,
-                                      IEEE, MASKED)
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _seq_dq_run(q, do, K, V, kb, vb, skn, svn, r, RS, t, len_r, W, s_lo, s_hi, lse2, delta, acc, scale_log2e,
-                EXCL: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
-                DQK: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr):
-    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    for s0 in range(s_lo, s_hi, BN):
-        tk = s0 + tl.arange(0, BN)
-        kpos = (r + tk * RS).to(tl.int64)
-        k = _rows(K, kb, kpos, skn, dq_, tk < len_r)
-        v = _rows(V, vb, kpos, svn, dv_, tk < len_r)
-        acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, IEEE, MASKED)
-    return acc
-
-
-@triton.jit
-def _seq_dkdv_run(k, v, Q, DO, LSE, DELTA, qb, dob, sqn, sdon, row0, r, RS, tk, len_r, W, t_lo, t_hi, dk, dv,
-                  scale_log2e, EXCL: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
-                  DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr):
-    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    for t0 in range(t_lo, t_hi, BM):
-        t = t0 + tl.arange(0, BM)
-        valid = t < len_r
-        pos = (r + t * RS).to(tl.int64)
-        q = _rows(Q, qb, pos, sqn, dq_, valid)
-        do = _rows(DO, dob, pos, sdon, dv_, valid)
-        lse2, delta = _row_stats(LSE, DELTA, row0 + pos, valid)
-        allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
-        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE, MASKED)
-        dk += ddk
-        dv += ddv
-    return dk, dv
-
-
-@triton.jit
 def _seq_fwd(Q, K, V, O, LSE, H0,
              sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
              n, H, Hg, RS, P, W, scale_log2e,
              EXCL: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr,
-             DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr):
+             DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM, H0)
     t0 = tile * BM
     if t0 >= len_r:
@@ -227,16 +141,12 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    lo, hi = tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r)
-    f_lo, f_hi = _seq_full_keys(t0, len_r, W, EXCL, BM, BN)
-    a, z = _split(lo, hi, f_lo, f_hi, BN, SPLIT)
-    kb, vb = b * skb + h * skh, b * svb + h * svh
-    m_i, l_i, acc = _seq_fwd_run(q, K, V, kb, vb, skn, svn, r, RS, t, len_r, W, lo, a, m_i, l_i, acc, scale_log2e,
-                                 EXCL, IEEE, True, DQK, DV, BN)
-    m_i, l_i, acc = _seq_fwd_run(q, K, V, kb, vb, skn, svn, r, RS, t, len_r, W, a, z, m_i, l_i, acc, scale_log2e,
-                                 EXCL, IEEE, False, DQK, DV, BN)
-    m_i, l_i, acc = _seq_fwd_run(q, K, V, kb, vb, skn, svn, r, RS, t, len_r, W, z, hi, m_i, l_i, acc, scale_log2e,
-                                 EXCL, IEEE, True, DQK, DV, BN)
+    for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
+        tk = s0 + tl.arange(0, BN)
+        kpos = (r + tk * RS).to(tl.int64)
+        k = _rows(K, b * skb + h * skh, kpos, skn, dq, tk < len_r)
+        v = _rows(V, b * svb + h * svh, kpos, svn, dv, tk < len_r)
+        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, len_r, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
     o, lse = _finish(acc, m_i, l_i)
     optr = O + b * sob + h * soh + pos[:, None] * son + dv[None, :]
     lptr = LSE + (b * H + h) * n + pos
@@ -261,7 +171,7 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
                 sdqb, sdqn, sdqh,
                 n, H, Hg, RS, P, W, scale_log2e, scale,
                 EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
-                DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr):
+                DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """dq for a tile of rows; the first pass also computes and stores Δ = rowsum(dO·O)."""
     tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM, H0)
     t0 = tile * BM
@@ -280,16 +190,12 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
         tl.store(DELTA + row, delta, mask=valid)
     acc = tl.zeros([BM, DQK], tl.float32)
-    lo, hi = tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r)
-    f_lo, f_hi = _seq_full_keys(t0, len_r, W, EXCL, BM, BN)
-    a, z = _split(lo, hi, f_lo, f_hi, BN, SPLIT)
-    kb, vb = b * skb + h * skh, b * svb + h * svh
-    acc = _seq_dq_run(q, do, K, V, kb, vb, skn, svn, r, RS, t, len_r, W, lo, a, lse2, delta, acc, scale_log2e,
-                      EXCL, IEEE, True, DQK, DV, BN)
-    acc = _seq_dq_run(q, do, K, V, kb, vb, skn, svn, r, RS, t, len_r, W, a, z, lse2, delta, acc, scale_log2e,
-                      EXCL, IEEE, False, DQK, DV, BN)
-    acc = _seq_dq_run(q, do, K, V, kb, vb, skn, svn, r, RS, t, len_r, W, z, hi, lse2, delta, acc, scale_log2e,
-                      EXCL, IEEE, True, DQK, DV, BN)
+    for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
+        tk = s0 + tl.arange(0, BN)
+        kpos = (r + tk * RS).to(tl.int64)
+        k = _rows(K, b * skb + h * skh, kpos, skn, dq_, tk < len_r)
+        v = _rows(V, b * svb + h * svh, kpos, svn, dv_, tk < len_r)
+        acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, IEEE)
     acc = acc * scale
     dqptr = DQ + b * sdqb + h * sdqh + pos[:, None] * sdqn + dq_[None, :]
     if ACCUM:
@@ -303,7 +209,7 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
                   sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
                   n, H, Hg, RS, P, W, scale_log2e, scale,
                   EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
-                  DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr):
+                  DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """dk, dv for a tile of keys, over the query rows that may attend them."""
     tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BN, H0)
     s0 = tile * BN
@@ -317,16 +223,17 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
     v = _rows(V, b * svb + h * svh, kpos, svn, dv_, kvalid)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
-    lo, hi = (s0 + EXCL) // BM * BM, tl.minimum(s0 + BN - 1 + W, len_r)
-    f_lo, f_hi = _seq_full_rows(s0, len_r, W, EXCL, BM, BN)
-    a, z = _split(lo, hi, f_lo, f_hi, BM, SPLIT)
-    qb, dob, row0 = b * sqb + h * sqh, b * sdob + h * sdoh, (b * H + h) * n
-    dk, dv = _seq_dkdv_run(k, v, Q, DO, LSE, DELTA, qb, dob, sqn, sdon, row0, r, RS, tk, len_r, W, lo, a, dk, dv,
-                           scale_log2e, EXCL, IEEE, True, DQK, DV, BM)
-    dk, dv = _seq_dkdv_run(k, v, Q, DO, LSE, DELTA, qb, dob, sqn, sdon, row0, r, RS, tk, len_r, W, a, z, dk, dv,
-                           scale_log2e, EXCL, IEEE, False, DQK, DV, BM)
-    dk, dv = _seq_dkdv_run(k, v, Q, DO, LSE, DELTA, qb, dob, sqn, sdon, row0, r, RS, tk, len_r, W, z, hi, dk, dv,
-                           scale_log2e, EXCL, IEEE, True, DQK, DV, BM)
+    for t0 in range((s0 + EXCL) // BM * BM, tl.minimum(s0 + BN - 1 + W, len_r), BM):
+        t = t0 + tl.arange(0, BM)
+        valid = t < len_r
+        pos = (r + t * RS).to(tl.int64)
+        q = _rows(Q, b * sqb + h * sqh, pos, sqn, dq_, valid)
+        do = _rows(DO, b * sdob + h * sdoh, pos, sdon, dv_, valid)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
+        allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
+        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
+        dk += ddk
+        dv += ddv
     dk = dk * scale
     dkptr = DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :]
     dvptr = DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :]
@@ -368,57 +275,11 @@ def _summary_keys(g0, G, L, C, off, BN: tl.constexpr):
 
 
 @triton.jit
-def _summary_fwd_run(q, K, V, kb_, vb_, skn, svn, i, L, C, off, g_lo, g_hi, G, m_i, l_i, acc, scale_log2e,
-                     IEEE: tl.constexpr, MASKED: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr):
-    """The online softmax over the summary cells g in [g_lo, g_hi) of the G a row tile may see."""
-    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
-    for g0 in range(g_lo, g_hi, BN):
-        kb, kpos, gvalid = _summary_keys(g0, G, L, C, off, BN)
-        k = _rows(K, kb_, kpos, skn, dq, gvalid)
-        v = _rows(V, vb_, kpos, svn, dv, gvalid)
-        allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
-        m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE, MASKED)
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _summary_dq_run(q, do, K, V, kb_, vb_, skn, svn, i, L, C, off, g_lo, g_hi, G, lse2, delta, acc, scale_log2e,
-                    IEEE: tl.constexpr, MASKED: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr):
-    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    for g0 in range(g_lo, g_hi, BN):
-        kb, kpos, gvalid = _summary_keys(g0, G, L, C, off, BN)
-        k = _rows(K, kb_, kpos, skn, dq_, gvalid)
-        v = _rows(V, vb_, kpos, svn, dv_, gvalid)
-        allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
-        acc += _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, IEEE, MASKED)
-    return acc
-
-
-@triton.jit
-def _summary_dkdv_run(k, v, kb, gvalid, Q, DO, LSE, DELTA, qb, dob, sqn, sdon, row0, n, L, i_lo, i_hi, dk, dv,
-                      scale_log2e, IEEE: tl.constexpr, MASKED: tl.constexpr,
-                      DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr):
-    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    for i0 in range(i_lo, i_hi, BM):
-        i = i0 + tl.arange(0, BM)
-        valid = i < n
-        i64 = i.to(tl.int64)
-        q = _rows(Q, qb, i64, sqn, dq_, valid)
-        do = _rows(DO, dob, i64, sdon, dv_, valid)
-        lse2, delta = _row_stats(LSE, DELTA, row0 + i64, valid)
-        allowed_t = (kb[:, None] < (i // L)[None, :]) & gvalid[:, None] & valid[None, :]
-        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE, MASKED)
-        dk += ddk
-        dv += ddv
-    return dk, dv
-
-
-@triton.jit
 def _fixed_fwd(Q, K, V, O, LSE, H0, S,
                sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
                n, H, Hg, L, C, scale_log2e,
                HAS_BLOCK: tl.constexpr, HAS_SUMMARY: tl.constexpr, IEEE: tl.constexpr,
-               DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr):
+               DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
     i0 = tile * BM
     i = i0 + tl.arange(0, BM)
@@ -430,16 +291,14 @@ def _fixed_fwd(Q, K, V, O, LSE, H0, S,
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    if HAS_SUMMARY:  # the prior blocks' summary cells: full tiles (every row attends every cell) first
+    if HAS_SUMMARY:  # the prior blocks' summary cells
         g_hi = (i_last // L) * C
-        a, z = _split(0, g_hi, 0, tl.minimum(i0 // L * C, g_hi) - BN, BN, SPLIT)  # a = 0 when split
-        kb_, vb_ = b * skb + h * skh, b * svb + h * svh
-        m_i, l_i, acc = _summary_fwd_run(q, K, V, kb_, vb_, skn, svn, i, L, C, off, 0, a, g_hi, m_i, l_i, acc,
-                                         scale_log2e, IEEE, True, DQK, DV, BN)
-        m_i, l_i, acc = _summary_fwd_run(q, K, V, kb_, vb_, skn, svn, i, L, C, off, a, z, g_hi, m_i, l_i, acc,
-                                         scale_log2e, IEEE, False, DQK, DV, BN)
-        m_i, l_i, acc = _summary_fwd_run(q, K, V, kb_, vb_, skn, svn, i, L, C, off, z, g_hi, g_hi, m_i, l_i, acc,
-                                         scale_log2e, IEEE, True, DQK, DV, BN)
+        for g0 in range(0, g_hi, BN):
+            kb, kpos, gvalid = _summary_keys(g0, g_hi, L, C, off, BN)
+            k = _rows(K, b * skb + h * skh, kpos, skn, dq, gvalid)
+            v = _rows(V, b * svb + h * svh, kpos, svn, dv, gvalid)
+            allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
+            m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
     for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):  # the own block, causal
         j = j0 + tl.arange(0, BN)
         k = _rows(K, b * skb + h * skh, j.to(tl.int64), skn, dq, j < n)
@@ -457,7 +316,7 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
                   sdqb, sdqn, sdqh,
                   n, H, Hg, L, C, scale_log2e, scale,
                   HAS_BLOCK: tl.constexpr, HAS_SUMMARY: tl.constexpr, IEEE: tl.constexpr,
-                  DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr):
+                  DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """dq (both loops of the forward); also computes and stores Δ = rowsum(dO·O)."""
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
     i0 = tile * BM
@@ -476,14 +335,12 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
     acc = tl.zeros([BM, DQK], tl.float32)
     if HAS_SUMMARY:
         g_hi = (i_last // L) * C
-        a, z = _split(0, g_hi, 0, tl.minimum(i0 // L * C, g_hi) - BN, BN, SPLIT)  # a = 0 when split
-        kb_, vb_ = b * skb + h * skh, b * svb + h * svh
-        acc = _summary_dq_run(q, do, K, V, kb_, vb_, skn, svn, i, L, C, off, 0, a, g_hi, lse2, delta, acc,
-                              scale_log2e, IEEE, True, DQK, DV, BN)
-        acc = _summary_dq_run(q, do, K, V, kb_, vb_, skn, svn, i, L, C, off, a, z, g_hi, lse2, delta, acc,
-                              scale_log2e, IEEE, False, DQK, DV, BN)
-        acc = _summary_dq_run(q, do, K, V, kb_, vb_, skn, svn, i, L, C, off, z, g_hi, g_hi, lse2, delta, acc,
-                              scale_log2e, IEEE, True, DQK, DV, BN)
+        for g0 in range(0, g_hi, BN):
+            kb, kpos, gvalid = _summary_keys(g0, g_hi, L, C, off, BN)
+            k = _rows(K, b * skb + h * skh, kpos, skn, dq_, gvalid)
+            v = _rows(V, b * svb + h * svh, kpos, svn, dv_, gvalid)
+            allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
+            acc += _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, IEEE)
     for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):
         j = j0 + tl.arange(0, BN)
         k = _rows(K, b * skb + h * skh, j.to(tl.int64), skn, dq_, j < n)
@@ -499,7 +356,7 @@ def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
                         sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
                         n, H, Hg, L, C, scale_log2e, scale,
                         HAS_BLOCK: tl.constexpr, IEEE: tl.constexpr,
-                        DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr):
+                        DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """dk, dv of every key from the queries of its own block (writes all of dk, dv)."""
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BN), Hg, H0, S, L, C)
     j0 = tile * BN
@@ -534,7 +391,7 @@ def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
                             sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
                             n, H, Hg, L, C, G, scale_log2e, scale,
                             IEEE: tl.constexpr,
-                            DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr):
+                            DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Adds to the summary cells' dk, dv what every later block's queries contribute."""
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(G, BN), Hg, H0, S, L, C)
     kb, kpos, gvalid = _summary_keys(tile * BN, G, L, C, off, BN)
@@ -543,18 +400,18 @@ def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
     v = _rows(V, b * svb + h * svh, kpos, svn, dv_, gvalid)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
-    g0 = tile * BN
-    lo = ((g0 // C + 1) * L) // BM * BM  # the block after the tile's first summary cell
-    # full query tiles: every row exists and lies after the tile's last cell's block (all cells valid)
-    f_lo = tl.where(g0 + BN <= G, ((g0 + BN - 1) // C + 1) * L, n)
-    a, z = _split(lo, n, f_lo, n - BM, BM, SPLIT)
-    qb, dob, row0 = b * sqb + h * sqh, b * sdob + h * sdoh, (b * H + h) * n
-    dk, dv = _summary_dkdv_run(k, v, kb, gvalid, Q, DO, LSE, DELTA, qb, dob, sqn, sdon, row0, n, L, lo, a, dk, dv,
-                               scale_log2e, IEEE, True, DQK, DV, BM)
-    dk, dv = _summary_dkdv_run(k, v, kb, gvalid, Q, DO, LSE, DELTA, qb, dob, sqn, sdon, row0, n, L, a, z, dk, dv,
-                               scale_log2e, IEEE, False, DQK, DV, BM)
-    dk, dv = _summary_dkdv_run(k, v, kb, gvalid, Q, DO, LSE, DELTA, qb, dob, sqn, sdon, row0, n, L, z, n, dk, dv,
-                               scale_log2e, IEEE, True, DQK, DV, BM)
+    first = ((tile * BN) // C + 1) * L  # the block after the tile's first summary cell
+    for i0 in range(first // BM * BM, n, BM):
+        i = i0 + tl.arange(0, BM)
+        valid = i < n
+        i64 = i.to(tl.int64)
+        q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq_, valid)
+        do = _rows(DO, b * sdob + h * sdoh, i64, sdon, dv_, valid)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + i64, valid)
+        allowed_t = (kb[:, None] < (i // L)[None, :]) & gvalid[:, None] & valid[None, :]
+        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
+        dk += ddk
+        dv += ddv
     dkptr = DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :]
     dvptr = DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :]
     dk = dk * scale + tl.load(dkptr, mask=gvalid[:, None], other=0.0).to(tl.float32)

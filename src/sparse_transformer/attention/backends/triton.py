@@ -161,20 +161,14 @@ def _groups(spec_str: str) -> tuple[Group, ...]:
 # Kernel launch: autotuned on a GPU, fixed small tiles under the interpreter
 # ------------------------------------------------------------------------------------------------
 INTERPRET_TILES = (16, 16)  # (BM, BN) under TRITON_INTERPRET; tests vary it to cross tile edges
-INTERPRET_SPLIT = True  # under TRITON_INTERPRET: full tiles run without masks (tests try both)
-# Autotuning candidates (BM, BN, warps, stages, split), chosen by SPARSE_TRANSFORMER_TRITON_CONFIGS:
+# Autotuning candidates (BM, BN, warps, stages), chosen by SPARSE_TRANSFORMER_TRITON_CONFIGS:
 # ``tuned`` (default) the few that won somewhere in bench/tune_kernels.py on an H200; ``one`` the
-# first of those (no tuning: GPU tests, fast start); ``wide`` the sweep that picked them. ``split``
-# runs the tiles every row attends in full in their own loop without mask arithmetic (a gain on
-# long rows, three short loops instead of one on short rows: the tuner decides).
-_WIDE = [(bm, bn, w, st, sp) for sp in (0, 1) for bm, bn, w, st in
-         [(32, 32, 2, 3), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3),
-          (128, 32, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3),
-          (32, 128, 4, 3), (32, 128, 4, 5), (64, 128, 8, 3), (128, 32, 4, 5)]]
-_TUNED_FWD = [(64, 64, 4, 2, 0), (64, 32, 4, 3, 0), (128, 64, 4, 3, 0), (32, 32, 2, 3, 0), (64, 64, 4, 3, 0)]
-_TUNED_BWD = [(32, 64, 4, 3, 0), (64, 32, 4, 3, 0), (64, 64, 4, 2, 0), (128, 64, 4, 3, 0), (32, 32, 2, 3, 0)]
+# first of those (no tuning: GPU tests, fast start); ``wide`` the sweep that picked them.
+_WIDE = [(32, 32, 2, 3), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3),
+         (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3)]
+_TUNED_FWD = [(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 4, 3), (32, 32, 2, 3), (64, 64, 4, 3)]
+_TUNED_BWD = [(32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 4, 3), (32, 32, 2, 3)]
 CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]),
-               "one-split": dict(fwd=[(64, 64, 4, 3, 1)], bwd=[(32, 64, 4, 3, 1)]),  # GPU tests of the unmasked loops
                "wide": dict(fwd=_WIDE, bwd=_WIDE)}
 
 
@@ -205,8 +199,8 @@ def _kernels():
 
     from . import _triton_kernels as K
 
-    def cfg(bm, bn, w, s, split):
-        return triton.Config({"BM": bm, "BN": bn, "SPLIT": split}, num_warps=w, num_stages=s)
+    def cfg(bm, bn, w, s):
+        return triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
 
     configs = os.environ.get("SPARSE_TRANSFORMER_TRITON_CONFIGS", "tuned")
     if configs not in CONFIG_SETS:
@@ -242,7 +236,7 @@ def _launch(name: str, programs, *args, **kw):
     kern = _kernels()[name]
     if interpreting():
         bm, bn = INTERPRET_TILES
-        kern[(programs(bm, bn),)](*args, **kw, BM=bm, BN=bn, SPLIT=INTERPRET_SPLIT, num_warps=1)
+        kern[(programs(bm, bn),)](*args, **kw, BM=bm, BN=bn, num_warps=1)
     else:
         kern[lambda meta: (programs(meta["BM"], meta["BN"]),)](*args, **kw)
 
