@@ -7,10 +7,11 @@ import torch
 
 from sparse_transformer.config import load_config
 from sparse_transformer.data.text import TextDataModule
-from sparse_transformer.evaluate import ContextWindows, main
-from sparse_transformer.lit import SparseTransformerLM
+from sparse_transformer.cli.evaluate import main
+from sparse_transformer.training.evaluation import ContextWindows
+from sparse_transformer.training.module import SparseTransformerLM
 from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
-from tests.test_sample import TINY, make_ckpt
+from tests.helpers import TINY, make_ckpt
 
 
 class Stream:
@@ -146,8 +147,8 @@ def test_min_context_is_refused_for_splits_of_separate_examples(tmp_path, capsys
 
 def test_a_streamed_split_is_scored_to_its_end_or_to_the_limit(ckpt):
     """Streamed hub splits are iterable datasets without a length."""
-    from sparse_transformer.evaluate import score
-    from sparse_transformer.sample import load_model
+    from sparse_transformer.training.evaluation import score
+    from sparse_transformer.checkpoint import load_model
 
     class Streamed(torch.utils.data.IterableDataset):
         def __iter__(self):

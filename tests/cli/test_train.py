@@ -5,8 +5,8 @@ import torch
 import yaml
 
 from sparse_transformer.config import load_config
-from sparse_transformer.lit import SparseTransformerLM, config_dict, load_checkpoint
-from sparse_transformer.train import main
+from sparse_transformer.training.module import SparseTransformerLM, config_dict, load_checkpoint
+from sparse_transformer.cli.train import main
 from tests.helpers import rel_err
 
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
@@ -104,7 +104,7 @@ def test_the_stack_check_counts_unreachable_pairs_and_names_a_fix():
     check refuses first really leaves pairs unreachable; summary_heads=1 connects)."""
     from omegaconf import OmegaConf
 
-    from sparse_transformer.train import _stack
+    from sparse_transformer.training.preflight import _stack
     from sparse_transformer.attention.connectivity import stack_unreachable
 
     a = OmegaConf.create(dict(pattern="fixed", stride=8, summary=2, summary_heads=2, integration="multihead", layout=None))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sparse_transformer.config import load_config
-from sparse_transformer.lit import SparseTransformerLM, config_dict
+from sparse_transformer.training.module import SparseTransformerLM, config_dict
 
 TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8"]
 
