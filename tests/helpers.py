@@ -69,3 +69,14 @@ def make_ckpt(path: Path, *args, shape=None, dtype=None, edit=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, path)
     return path
+
+
+def run_command(main, argv: list[str], capsys) -> tuple:
+    """A command's ``main(argv)`` in-process: (exit code, stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -11,7 +11,7 @@ from sparse_transformer.cli.evaluate import main
 from sparse_transformer.training.evaluation import ContextWindows
 from sparse_transformer.training.module import SparseTransformerLM
 from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
-from tests.helpers import TINY, make_ckpt
+from tests.helpers import TINY, make_ckpt, run_command
 
 
 class Stream:
@@ -53,13 +53,8 @@ def ckpt(tmp_path_factory):
 
 
 def run(argv, capsys):
-    try:
-        main([*argv, "progress=false"])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """main(argv) -> (exit code, stdout, stderr)."""
+    return run_command(main, [*argv, "progress=false"], capsys)
 
 
 def test_bits_per_dim_over_the_whole_test_split(ckpt, capsys):

@@ -22,7 +22,7 @@ from sparse_transformer.model import (
 )
 from sparse_transformer.cli.sample import main
 from sparse_transformer.training.evaluation import split_examples
-from tests.helpers import TINY, make_ckpt
+from tests.helpers import TINY, make_ckpt, run_command
 from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,13 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run(argv, capsys):
     """main(argv) -> (exit code, stdout, stderr)."""
-    try:
-        main([*argv, "progress=false"])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_command(main, [*argv, "progress=false"], capsys)
 
 
 @pytest.fixture(scope="module")
