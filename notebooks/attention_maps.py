@@ -74,10 +74,10 @@ if DEMO:
     stride = net.cfg.attention.stride
     print(f"DEMO: a randomly initialised model (not trained) on synthetic {modality} of shape {shape}")
 else:
-    from sparse_transformer.lit import load_checkpoint
+    from sparse_transformer import load_checkpoint
 
     if CHECKPOINT is None:
-        from sparse_transformer.train import main as train
+        from sparse_transformer.cli.train import main as train
 
         work = Path(WORK_DIR).resolve()
         run = work / "run"

@@ -1,5 +1,5 @@
 """Test hooks for training subprocesses, loaded with ``imports=[tests.fault_hooks]`` and driven by
-environment variables (every DDP rank imports it, as train.py imports ``imports`` on each rank):
+environment variables (every DDP rank imports it, as the config check imports ``imports`` on each rank):
 
 - ``ST_HOOK_NAN="0:3,4;1:6"``: a nan loss on rank 0 at global steps 3 and 4, on rank 1 at step 6
   (``all:5`` for every rank).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sparse_transformer.lit import SparseTransformerLM
+from sparse_transformer.training.module import SparseTransformerLM
 
 
 def _nan_steps() -> dict:

@@ -1,5 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
+
+from sparse_transformer.config import load_config
+from sparse_transformer.data import build_datamodule
+from sparse_transformer.training.module import SparseTransformerLM, config_dict
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,3 +44,39 @@ def brute_mask(pattern: str, n: int, l: int, c: int | None = None, slice_: int =
                 raise ValueError(pattern)
             m[i, j] = ok
     return m
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints of a tiny text model (tests/cli, tests/test_checkpoint.py)
+# ------------------------------------------------------------------------------------------------
+TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
+        "data.batch_size=4", "logger.kind=none", "trainer.enable_progress_bar=false", "data.val_windows=4",
+        "data.max_bytes=40000"]
+
+
+def make_ckpt(path: Path, *args, shape=None, dtype=None, edit=None) -> Path:
+    """A checkpoint in Lightning's layout (state_dict + hyper_parameters) of a random tiny model."""
+    cfg, _ = load_config(TINY + [f"data.cache_dir={path.parent / 'data'}", *args])
+    shape = shape or build_datamodule(cfg).shape
+    torch.manual_seed(1)
+    lit = SparseTransformerLM(config_dict(cfg), shape)
+    torch.nn.init.normal_(lit.net.head.weight, std=0.3)  # not the zero init: samples depend on the weights
+    sd = {k: v.to(dtype) if dtype else v for k, v in lit.state_dict().items()}
+    ck = {"state_dict": sd, "hyper_parameters": {"config": config_dict(cfg), "shape": list(shape)},
+          "pytorch-lightning_version": "2.6.6"}
+    if edit:
+        edit(ck)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ck, path)
+    return path
+
+
+def run_command(main, argv: list[str], capsys) -> tuple:
+    """A command's ``main(argv)`` in-process: (exit code, stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

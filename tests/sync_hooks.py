@@ -104,12 +104,8 @@ class _Report(Callback):
 
 
 if os.environ.get("ST_SYNC_EVERY"):
-    import sys
+    from sparse_transformer.training import trainer as _main  # fit() builds its Trainer through this module's name
 
-    from sparse_transformer import train
-
-    # `python -m sparse_transformer.train` runs it as __main__, a module of its own
-    _main = sys.modules["__main__"] if hasattr(sys.modules["__main__"], "build_trainer") else train
     _build = _main.build_trainer
 
     def _build_trainer(cfg, out, callbacks=None, logger=None):

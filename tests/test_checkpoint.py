@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from sparse_transformer.checkpoint import FORMAT, FORMAT_KEY, CheckpointError, legacy_numpy_globals, load
-from sparse_transformer.lit import load_checkpoint
+from sparse_transformer.training.module import load_checkpoint
 from tests import fault_run as fr
 from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
-from tests.test_sample import make_ckpt
+from tests.helpers import make_ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "ckpt_3bd07d2.ckpt"
@@ -144,7 +144,7 @@ def test_lit_load_checkpoint_refuses_a_crafted_pickle(tmp_path):
 
 def test_lightnings_own_load_is_weights_only_too(tmp_path, monkeypatch):
     """With the early check taken away, trainer.validate/fit(ckpt_path=...) still never run the payload."""
-    from sparse_transformer import train
+    from sparse_transformer.cli import train
 
     monkeypatch.setattr(train, "check_resume_checkpoint", lambda cfg, ckpt: None)
     marker = tmp_path / "payload-ran"
@@ -158,8 +158,8 @@ def test_lightnings_own_load_is_weights_only_too(tmp_path, monkeypatch):
 # Format number, imports named by a checkpoint
 # ------------------------------------------------------------------------------------------------
 def test_a_newer_format_is_refused_in_one_line(tmp_path, capsys):
-    from sparse_transformer.sample import main
-    from sparse_transformer.train import main as train
+    from sparse_transformer.cli.sample import main
+    from sparse_transformer.cli.train import main as train
 
     ckpt = make_ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt", edit=lambda c: c.update({FORMAT_KEY: FORMAT + 1}))
     message = (f"was written by a newer sparse-transformer (checkpoint format {FORMAT + 1}); this version reads "
@@ -180,7 +180,7 @@ def test_a_newer_format_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_modules_a_checkpoint_names_are_imported_only_when_the_command_line_names_them(tmp_path, capsys):
-    from sparse_transformer.sample import main
+    from sparse_transformer.cli.sample import main
 
     ckpt = make_ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt",
                      edit=lambda c: c["hyper_parameters"]["config"].update(imports=["tests.import_probe"]))
@@ -236,8 +236,8 @@ def test_nothing_more_than_the_numpy_rng_state_is_allowed(tmp_path, obj):
 
 
 def test_the_old_fixture_loads_samples_and_evaluates(tmp_path, capsys):
-    from sparse_transformer.evaluate import main as evaluate
-    from sparse_transformer.sample import main as sample
+    from sparse_transformer.cli.evaluate import main as evaluate
+    from sparse_transformer.cli.sample import main as sample
 
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
@@ -252,7 +252,7 @@ def test_the_old_fixture_loads_samples_and_evaluates(tmp_path, capsys):
 
 
 def test_old_rng_state_is_restored_exactly(tmp_path):
-    from sparse_transformer.callbacks.fault import ResumeState, set_rng_states
+    from sparse_transformer.training.fault import ResumeState, set_rng_states
 
     saved = load(FIXTURE)["callbacks"]["ResumeState"]
     rs = ResumeState(tmp_path / "last.ckpt")
@@ -264,7 +264,7 @@ def test_old_rng_state_is_restored_exactly(tmp_path):
 
 
 def test_the_old_fixture_resumes_and_its_next_checkpoint_is_plain(tmp_path, capsys):
-    from sparse_transformer.train import main as train
+    from sparse_transformer.cli.train import main as train
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -280,7 +280,7 @@ def test_the_old_fixture_resumes_and_its_next_checkpoint_is_plain(tmp_path, caps
 
 
 def test_new_rng_states_are_tensors_and_plain_values_and_round_trip():
-    from sparse_transformer.callbacks.fault import rng_states, set_rng_states
+    from sparse_transformer.training.fault import rng_states, set_rng_states
 
     states = rng_states()
     buf = io.BytesIO()

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SparseTransformer": ".model",
     **dict.fromkeys(["AttentionConfig", "Config", "ConfigError", "ModelConfig", "load_config"], ".config"),
-    **dict.fromkeys(["SparseTransformerLM", "load_checkpoint"], ".lit"),
+    **dict.fromkeys(["SparseTransformerLM", "load_checkpoint"], ".training.module"),
     "build_datamodule": ".data",
     **dict.fromkeys(["pattern_mask", "register_pattern"], ".attention"),
 }

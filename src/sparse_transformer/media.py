@@ -1,4 +1,5 @@
-"""Tokens <-> media: 8-bit mu-law audio, WAV, PNG, image grids (the primed part marked), text.
+"""Tokens <-> media: 8-bit mu-law audio, WAV, PNG, image grids (the primed part marked), text, and
+``write_samples`` (any modality's samples as files: the sample command and the training callback).
 
 A leaf: numpy and the standard library, Pillow (and matplotlib's font lookup) where an image is
 drawn; nothing of this package, so data, sampling, training callbacks and notebooks share it.
@@ -110,6 +111,40 @@ def write_png(path: str | Path, image) -> Path:
 def tokens_to_text(tokens) -> str:
     """Byte tokens -> text (UTF-8; invalid sequences become U+FFFD)."""
     return bytes(np.asarray(tokens).astype(np.uint8).tolist()).decode("utf-8", errors="replace")
+
+
+def samples_text(tokens, prefix: int | None = None) -> str:
+    """(N, n) byte tokens -> one text: each sample under a rule ``===== sample k =====`` (with
+    ``prefix``, the rule also says how many of its tokens were given and how many there are)."""
+    out = []
+    for k, row in enumerate(tokens):
+        counts = f" ({prefix} prefix tokens, {len(row)} in all)" if prefix is not None else ""
+        out.append(f"===== sample {k}{counts} =====\n{tokens_to_text(row)}\n\n")
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Samples of any modality
+# ------------------------------------------------------------------------------------------------
+def write_samples(folder: str | Path, tokens, modality: str, shape=None, *, image: str = "grid.png",
+                  audio: str = "sample_{k:03d}.wav", text: str = "samples.txt", prefix: int | None = None,
+                  sample_rate: int = 12000) -> list[Path]:
+    """(N, n) tokens as the modality's media under ``folder`` (made if missing); returns the paths.
+
+    - image (n = H·W·C of ``shape``): one readable grid, ``image``, its first ``prefix`` tokens marked;
+    - audio (mu-law codes): one 16-bit WAV per sample at ``sample_rate``, ``audio.format(k=k)``;
+    - text, and images cut short: ``text``, the samples as UTF-8 under rules (``samples_text``).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = np.asarray(tokens)
+    if modality == "image" and shape is not None and tokens.shape[1] == math.prod(int(s) for s in shape):
+        return [write_png(folder / image, sample_grid(tokens, shape, primed=prefix or 0))]
+    if modality == "audio":
+        return [write_wav(folder / audio.format(k=k), mulaw_decode(row), sample_rate) for k, row in enumerate(tokens)]
+    path = folder / text
+    path.write_text(samples_text(tokens, prefix), encoding="utf-8")
+    return [path]
 
 
 def printable(b: int) -> str:

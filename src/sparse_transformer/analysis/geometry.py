@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from ..attention.connectivity import check_connectivity, compose, stack_masks
-from ..attention.patterns import heads_mask, layer_heads, union_mask
+from ..attention.patterns import heads_mask, keys_per_query, layer_heads  # keys_per_query: re-exported
 
 Tensor = torch.Tensor
 
@@ -109,48 +109,6 @@ def connectivity_table(configs: dict[str, dict], n: int, stride: int, steps: int
 # ------------------------------------------------------------------------------------------------
 # Pair counts and FLOPs
 # ------------------------------------------------------------------------------------------------
-def _summary_prefix(y: Tensor, l: int, c: int, s: int) -> Tensor:
-    """#{0 <= j < y : j mod l in summary slice s} (slice s = cells [l-(s+1)c, l-sc) of each block)."""
-    lo = l - (s + 1) * c
-    return (y // l) * c + (y % l - lo).clamp(0, c)
-
-
-def keys_per_query(parts: tuple, n: int) -> Tensor:
-    """int64 (n,): how many keys query i attends under the union of ``parts`` (one head).
-
-    Closed forms for the primitives and the pairs ``strided`` and ``fixed``; anything else is
-    counted from the mask in query chunks (O(n²) time, O(n) memory).
-    """
-    i = torch.arange(n, dtype=torch.long)
-    names = tuple(sorted(p.name for p in parts))
-    p0 = parts[0]
-    l = p0.stride
-    if len(parts) == 1:
-        if p0.name == "dense":
-            return i + 1
-        if p0.name == "local":
-            return (i + 1).clamp(max=l)
-        if p0.name == "stride":
-            return i // l + 1
-        if p0.name == "block":
-            return i % l + 1
-        if p0.name == "summary":
-            return _summary_prefix(i + 1, l, p0.summary, p0.slice)
-    elif len(parts) == 2 and parts[0].stride == parts[1].stride:
-        if names == ("local", "stride"):
-            return (i + 1).clamp(max=l) + i // l  # the shared key j = i counted once
-        if names == ("block", "summary"):
-            sm = next(p for p in parts if p.name == "summary")
-            start = (i // l) * l
-            return (i - start + 1) + _summary_prefix(start, l, sm.summary, sm.slice)
-    out = torch.zeros(n, dtype=torch.long)
-    step = max(1, (1 << 22) // max(n, 1))
-    j = torch.arange(n)[None, :]
-    for a in range(0, n, step):
-        out[a : a + step] = union_mask(parts, i[a : a + step, None], j).sum(1)
-    return out
-
-
 def pair_count(parts: tuple, n: int) -> int:
     """Attended (query, key) pairs of one head at length n."""
     return int(keys_per_query(parts, n).sum())

@@ -1,85 +1,29 @@
-"""Training callbacks and logging: samples, attention maps, throughput/MFU, the W&B logger.
+"""Deprecated: the callbacks moved to ``sparse_transformer.training.callbacks`` (fault tolerance to
+``training.fault``, the loggers to ``training.loggers``, ``build_callbacks`` to ``training.trainer``).
+This alias and its submodules re-export them for one release."""
 
-``build_callbacks(cfg, out, logger)`` turns the ``callbacks`` section of the config into
-Lightning callbacks. Imports are lazy (as in ``attention``): the drawing functions can be used
-without importing Lightning's loggers.
-"""
+import warnings
 
-from __future__ import annotations
+from .._lazy import lazy_exports
 
-from importlib import import_module
-from pathlib import Path
+warnings.warn("sparse_transformer.callbacks is deprecated: use sparse_transformer.training.callbacks "
+              "(and training.fault, training.loggers, training.trainer)", DeprecationWarning, stacklevel=2)
 
+_OLD = ["AttentionMapsCallback", "ProgressBar", "SamplesCallback", "WindowThroughput", "attention_image",
+        "default_queries", "draw_attention_maps", "flops_per_token", "generate", "plot_attention_maps",
+        "save_figure", "save_samples", "wandb_mode"]
 _EXPORTS = {
-    "AttentionMapsCallback": ".attention_maps",
-    "attention_image": ".attention_maps",
-    "default_queries": ".attention_maps",
-    "draw_attention_maps": ".attention_maps",
-    "plot_attention_maps": ".attention_maps",
-    "save_figure": ".attention_maps",
-    "image_grid": "..media",
-    "mulaw_decode": "..media",
-    "save_samples": ".samples",
-    "tokens_to_text": "..media",
-    "write_wav": "..media",
-    "ProgressBar": ".progress",
-    "SamplesCallback": ".samples",
-    "generate": ".samples",
-    "sample_uncached": ".samples",
-    "WindowThroughput": ".throughput",
-    "flops_per_token": ".throughput",
-    "RunWandbLogger": ".loggers",
-    "build_wandb_logger": ".loggers",
-    "wandb_mode": ".wandb_mode",
+    **dict.fromkeys(_OLD, "..training.callbacks"),
+    **dict.fromkeys(["image_grid", "mulaw_decode", "tokens_to_text", "write_wav"], "..media"),
+    **dict.fromkeys(["RunWandbLogger", "build_wandb_logger"], "..training.loggers"),
+    **dict.fromkeys(["build_callbacks", "_eager"], "..training.trainer"),
 }
 
-__all__ = sorted(_EXPORTS) + ["build_callbacks"]
+__all__ = sorted(_EXPORTS) + ["sample_uncached"]
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def build_callbacks(cfg, out: Path, logger=None) -> list:
-    """The callbacks the config asks for; media go under ``out/samples`` and ``out/attention``."""
-    from .attention_maps import AttentionMapsCallback
-    from .samples import SamplesCallback
-    from .throughput import WindowThroughput
-
-    c = cfg.callbacks
-    cbs = []
-    s = c.samples
-    if s.every_n_steps or s.at_end:
-        cbs.append(_eager(SamplesCallback(Path(out) / "samples", every_n_steps=s.every_n_steps, at_end=s.at_end,
-                                          count=s.count, length=s.length, temperature=s.temperature, seed=cfg.seed)))
-    a = c.attention_maps
-    if a.enabled:
-        layers = list(a.layers) if a.layers is not None else None
-        cbs.append(_eager(AttentionMapsCallback(Path(out) / "attention", every_n_steps=a.every_n_steps, example=a.example,
-                                                queries=list(a.queries), layers=layers)))
-    tp = c.throughput
-    if tp.enabled and logger:
-        cbs.append(WindowThroughput(peak_flops=tp.peak_flops, window=tp.window, warmup=tp.warmup))
-    return cbs
-
-
-def _eager(callback):
-    """Run the callback's training hooks with torch.compile ignored (``model.compile``): sampling
-    token by token and drawing attention maps of one window through a network compiled for static
-    shapes would compile it once per length and batch (and replay no CUDA graph)."""
-    import torch
-
-    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
-    if stance is None:
-        return callback
-    for name in ("on_train_start", "on_train_batch_end", "on_train_end"):
-        hook = getattr(callback, name)
-
-        def run(*args, _hook=hook, **kwargs):
-            with stance("force_eager"):
-                return _hook(*args, **kwargs)
-
-        setattr(callback, name, run)
-    return callback
+def sample_uncached(net, count: int, length: int | None = None, temperature: float = 1.0, generator=None):
+    """Deprecated: ``net.generate(batch=count, length=length, cache="none")``, the network's own uncached loop."""
+    return net.generate(batch=count, length=length, temperature=temperature, generator=generator, cache="none")

@@ -1,20 +1,6 @@
-"""The progress bar, read on the host every ``trainer.log_every_n_steps`` batches only."""
+"""Deprecated alias of ``sparse_transformer.training.callbacks.progress`` (the same module object), for one release."""
 
-from __future__ import annotations
+import importlib
+import sys
 
-from lightning.pytorch.callbacks import TQDMProgressBar
-
-
-class ProgressBar(TQDMProgressBar):
-    """Lightning's bar, refreshed every ``refresh_rate`` batches, with ``train/bpd``.
-
-    Lightning turns every ``prog_bar=True`` value into a Python number (``.item()``, a host sync)
-    after *every* batch, whatever the refresh rate; so ``train/bpd`` is logged without ``prog_bar``
-    and read here, at a refresh."""
-
-    def get_metrics(self, trainer, pl_module):
-        items = super().get_metrics(trainer, pl_module)
-        bpd = trainer.logged_metrics.get("train/bpd")
-        if bpd is not None:
-            items["train/bpd"] = float(bpd)
-        return items
+sys.modules[__name__] = importlib.import_module("..training.callbacks.progress", __package__)

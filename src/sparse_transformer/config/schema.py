@@ -235,6 +235,8 @@ class TrainerConfig:
     """Save checkpoints/last.ckpt every this many optimizer steps, and at the end (null: at the end only; with save_top_k=0 Lightning 2.6 saves no last.ckpt at validations or epoch ends)."""
     max_bad_steps: int = field(default=5, metadata=at_least(0, " (0: never stop)"))
     """A nan/inf training loss or gradient norm on any rank skips that optimizer step on every rank (decided on the device, counted in train/skipped_steps); this many in a row stop the run with an error naming the steps (0: never stop). The host reads the counts every log_every_n_steps steps, so the run may go on for up to that many steps past the limit."""
+    early_stopping: int = field(default=0, metadata=at_least(0, " (0: off)"))
+    """Stop when val/bpd has not improved for this many validations in a row (Lightning's EarlyStopping; 0: off)."""
 
 
 def default_logger() -> str:

@@ -39,7 +39,7 @@ def test_an_unknown_compile_mode_is_one_line_and_exit_2(tmp_path):
 
 
 def test_cudagraphs_without_a_gpu_exit_2_before_anything_is_written(tmp_path, capsys):
-    from sparse_transformer.train import main
+    from sparse_transformer.cli.train import main
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is there")
@@ -55,7 +55,7 @@ def test_sample_and_attention_map_hooks_ignore_torch_compile():
     shapes would compile it once per length: build_callbacks runs their hooks eagerly."""
     from lightning.pytorch.callbacks import Callback
 
-    from sparse_transformer.callbacks import _eager
+    from sparse_transformer.training.trainer import _eager
 
     compiled = []
     f = torch.compile(lambda x: x + 1, backend=lambda gm, example_inputs: compiled.append(1) or gm)
@@ -84,7 +84,7 @@ CPU_RUN = ["exp=default", "model.n_layer=2", "model.d_model=32", "model.n_head=2
 def test_compiled_training_with_a_short_batch_and_validation_has_static_shapes(tmp_path, monkeypatch, mode, graphs):
     from torch._dynamo.backends.debugging import aot_eager
 
-    from sparse_transformer.train import main
+    from sparse_transformer.cli.train import main
 
     seen = []
 

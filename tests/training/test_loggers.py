@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparse_transformer.callbacks import wandb_mode as wm
+from sparse_transformer.training.callbacks import wandb_mode as wm
 from sparse_transformer.config import load_config
 
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
@@ -68,7 +68,7 @@ def read_wandb_log(path) -> list:
 
 
 def test_run_folder_holds_the_logged_metrics_and_media(tmp_path, monkeypatch):
-    from sparse_transformer.train import main
+    from sparse_transformer.cli.train import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = tmp_path / "run"

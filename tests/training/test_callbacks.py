@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_transformer.callbacks import attention_maps as am
-from sparse_transformer.callbacks import samples, throughput
+from sparse_transformer.training.callbacks import attention_maps as am
+from sparse_transformer.training.callbacks import samples, throughput
 from sparse_transformer.config import AttentionConfig, ModelConfig, main_config
 from sparse_transformer.model import SparseTransformer
 
@@ -25,10 +25,10 @@ def tiny_net(shape=(8, 8), pattern="strided", stride=8, **kw) -> SparseTransform
 # Sampling
 # ------------------------------------------------------------------------------------------------
 def test_uncached_sampler_is_the_autoregressive_chain():
-    """Near-zero temperature = greedy decoding; compare with a decode that feeds only the prefix
+    """The network's uncached loop (``generate(cache="none")``, the one uncached sampler). Near-zero temperature = greedy decoding; compare with a decode that feeds only the prefix
     (another path through the model: shorter inputs, no padding with zeros)."""
     net = tiny_net()
-    got = samples.sample_uncached(net, 2, 20, temperature=1e-6, generator=torch.Generator().manual_seed(0))
+    got = net.generate(batch=2, length=20, temperature=1e-6, generator=torch.Generator().manual_seed(0), cache="none")
     idx = torch.zeros(2, 0, dtype=torch.long)
     with torch.no_grad():
         for t in range(20):
@@ -42,7 +42,7 @@ def test_sampler_draws_from_the_model_distribution():
     net = tiny_net(shape=(4, 4), stride=4)
     with torch.no_grad():
         p = torch.softmax(net(torch.zeros(1, 16, dtype=torch.long))[0, 0], -1)
-    draws = samples.sample_uncached(net, 4000, 1, generator=torch.Generator().manual_seed(1))[:, 0]
+    draws = net.generate(batch=4000, length=1, generator=torch.Generator().manual_seed(1), cache="none")[:, 0]
     freq = torch.bincount(draws, minlength=256).double() / 4000
     assert 0.5 * (freq - p.double()).abs().sum() < 0.08  # total variation; a uniform draw would be ~0.5
 

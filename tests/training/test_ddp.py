@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from sparse_transformer.callbacks.fault import SIGTERM_EXIT
+from sparse_transformer.training.fault import SIGTERM_EXIT
 from tests import fault_run as fr
 
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=4", "model.dropout=0",
@@ -45,8 +45,8 @@ def ddp_run(data, tmp_path_factory):
 
 def _one_process(data, tmp_path, monkeypatch):
     """The same run in one process with batch 8 (and the nan at step 2): windows seen per step."""
-    from sparse_transformer.lit import SparseTransformerLM
-    from sparse_transformer.train import main
+    from sparse_transformer.training.module import SparseTransformerLM
+    from sparse_transformer.cli.train import main
 
     seen: dict = {}
     orig = SparseTransformerLM._nll

@@ -7,10 +7,11 @@ import torch
 
 from sparse_transformer.config import load_config
 from sparse_transformer.data.text import TextDataModule
-from sparse_transformer.evaluate import ContextWindows, main
-from sparse_transformer.lit import SparseTransformerLM
+from sparse_transformer.cli.evaluate import main
+from sparse_transformer.training.evaluation import ContextWindows
+from sparse_transformer.training.module import SparseTransformerLM
 from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
-from tests.test_sample import TINY, make_ckpt
+from tests.helpers import TINY, make_ckpt, run_command
 
 
 class Stream:
@@ -52,13 +53,8 @@ def ckpt(tmp_path_factory):
 
 
 def run(argv, capsys):
-    try:
-        main([*argv, "progress=false"])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """main(argv) -> (exit code, stdout, stderr)."""
+    return run_command(main, [*argv, "progress=false"], capsys)
 
 
 def test_bits_per_dim_over_the_whole_test_split(ckpt, capsys):
@@ -146,8 +142,8 @@ def test_min_context_is_refused_for_splits_of_separate_examples(tmp_path, capsys
 
 def test_a_streamed_split_is_scored_to_its_end_or_to_the_limit(ckpt):
     """Streamed hub splits are iterable datasets without a length."""
-    from sparse_transformer.evaluate import score
-    from sparse_transformer.sample import load_model
+    from sparse_transformer.training.evaluation import score
+    from sparse_transformer.checkpoint import load_model
 
     class Streamed(torch.utils.data.IterableDataset):
         def __iter__(self):

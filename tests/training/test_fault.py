@@ -18,7 +18,8 @@ import textwrap
 import pytest
 import torch
 
-from sparse_transformer.callbacks.fault import SIGTERM_EXIT, AtomicCheckpointIO, RunCSVLogger
+from sparse_transformer.training.fault import SIGTERM_EXIT, AtomicCheckpointIO
+from sparse_transformer.training.loggers import RunCSVLogger
 from sparse_transformer.config import ConfigError, load_config
 from tests import fault_run as fr
 
@@ -101,7 +102,7 @@ def test_sigterm_saves_last_ckpt_and_the_resumed_run_continues_exactly(data, ref
 
 # ------------------------------------------------------------------------------------------------
 def _nan_at(monkeypatch, steps: set):
-    from sparse_transformer.lit import SparseTransformerLM
+    from sparse_transformer.training.module import SparseTransformerLM
 
     orig = SparseTransformerLM._nll
 
@@ -120,7 +121,7 @@ def _tiny(tmp_path, *extra):
 
 
 def test_a_nonfinite_loss_skips_its_step_and_is_counted(tmp_path, monkeypatch):
-    from sparse_transformer.train import main
+    from sparse_transformer.cli.train import main
 
     _nan_at(monkeypatch, {3, 4})
     summary = main(_tiny(tmp_path, "trainer.max_bad_steps=3"))
@@ -135,7 +136,7 @@ def test_a_nonfinite_loss_skips_its_step_and_is_counted(tmp_path, monkeypatch):
 
 
 def test_k_nonfinite_losses_in_a_row_stop_the_run_naming_the_step(tmp_path, monkeypatch, capsys):
-    from sparse_transformer.train import main
+    from sparse_transformer.cli.train import main
 
     _nan_at(monkeypatch, {3, 4, 5})
     with pytest.raises(SystemExit) as e:
@@ -150,7 +151,7 @@ def test_skipped_steps_are_counted_every_log_every_n_steps(tmp_path, monkeypatch
     """The host reads the device's skip flags every trainer.log_every_n_steps (4) steps: the count
     lags, the checkpoint and the summary have it exact, and a run of bad steps stops the run at the
     next read, naming the steps it spans."""
-    from sparse_transformer.train import main
+    from sparse_transformer.cli.train import main
 
     _nan_at(monkeypatch, {2, 5})
     summary = main(_tiny(tmp_path, "trainer.max_bad_steps=3", "trainer.log_every_n_steps=4", "trainer.max_steps=10"))
@@ -189,7 +190,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monke
 
 KILLED_WRITER = textwrap.dedent("""
     import sys, time, torch
-    from sparse_transformer.callbacks import fault
+    from sparse_transformer.training import fault
     path, mode = sys.argv[1], sys.argv[2]
     fault.AtomicCheckpointIO().save_checkpoint({"version": 1}, path)
     real = torch.save
@@ -291,8 +292,8 @@ def test_a_bad_resume_exits_2_and_writes_nothing(tmp_path):
 
 
 def test_processes_of_external_launchers_agree_on_a_run_folder(monkeypatch):
-    from sparse_transformer import train
-    from sparse_transformer.train import LaunchError, shared_run_name
+    from sparse_transformer.cli import common as train
+    from sparse_transformer.cli.common import LaunchError, shared_run_name
 
     cfg, _ = load_config(["exp=default"])
     for k in ("SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "WORLD_SIZE",
@@ -329,7 +330,7 @@ def test_processes_of_external_launchers_agree_on_a_run_folder(monkeypatch):
     ("trainer.precision=16-mixed", "error: trainer.precision=16-mixed needs a GPU and none is available; use bf16-mixed or 32"),
 ])
 def test_gpu_only_settings_without_a_gpu_exit_2_before_anything_is_written(tmp_path, capsys, arg, message):
-    from sparse_transformer.train import main
+    from sparse_transformer.cli.train import main
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is there")
@@ -340,48 +341,10 @@ def test_gpu_only_settings_without_a_gpu_exit_2_before_anything_is_written(tmp_p
 
 
 def test_resume_auto_starts_fresh_then_continues(tmp_path, capsys):
-    from sparse_transformer.train import main
+    from sparse_transformer.cli.train import main
 
     first = main(_tiny(tmp_path, "resume=auto", "trainer.max_steps=3"))
     assert first["steps"] == 3 and "resuming from" not in capsys.readouterr().out
     second = main(_tiny(tmp_path, "resume=auto", "trainer.max_steps=5"))
     assert second["steps"] == 5 and f"resuming from {tmp_path}/run/checkpoints/last.ckpt" in capsys.readouterr().out
     assert sorted(fr.curve(tmp_path / "run")) == [0, 1, 2, 3, 4]
-
-
-def test_the_trainer_is_built_from_the_config(tmp_path):
-    from lightning.pytorch.strategies import DDPStrategy
-
-    from sparse_transformer.lit import SparseTransformerLM, config_dict
-    from sparse_transformer.train import build_trainer
-
-    cfg, _ = load_config(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=2", "trainer.strategy=ddp",
-                          "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=3", "model.recompute=true",
-                          "model.compile=true", "trainer.checkpoint_every_n_steps=7", "logger.kind=none",
-                          "trainer.log_every_n_steps=6", "trainer.max_time=00:01:00:00"])
-    trainer = build_trainer(cfg, tmp_path)
-    assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2 and trainer.num_nodes == 2
-    assert trainer.precision == "bf16-mixed" and trainer.accumulate_grad_batches == 3
-    assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
-    assert trainer.checkpoint_callback._every_n_train_steps == 7 and trainer.checkpoint_callback.save_last
-    assert trainer.gradient_clip_val is None  # optim.grad_clip is applied in the module's optimizer_step
-    # the host reads the device every log_every_n_steps: the progress bar and the max_time check
-    (bar,) = [c for c in trainer.callbacks if type(c).__name__ == "ProgressBar"]
-    (timer,) = [c for c in trainer.callbacks if type(c).__name__ == "StepTimer"]
-    assert bar.refresh_rate == 6 and timer._duration == 3600 and timer.state_key == "Timer"
-    lit = SparseTransformerLM(config_dict(cfg), [8, 32])
-    assert all(b.recompute for b in lit.net.blocks)
-    lit.configure_model()  # model.compile: the whole network wrapped by torch.compile (compiled on first call)
-    assert lit.net._compiled_call_impl is not None and all(b._compiled_call_impl is None for b in lit.net.blocks)
-    cfg.model.compile_mode = "blocks"
-    lit = SparseTransformerLM(config_dict(cfg), [8, 32])
-    lit.configure_model()  # each block its own graph
-    assert lit.net._compiled_call_impl is None and all(b._compiled_call_impl is not None for b in lit.net.blocks)
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from sparse_transformer.model import Block
-    from sparse_transformer.train import build_strategy
-
-    fsdp = build_strategy(load_config(["trainer.strategy=fsdp"])[0])  # on a GPU machine; sharded per block
-    assert isinstance(fsdp, FSDPStrategy) and fsdp.kwargs["auto_wrap_policy"].__class__.__name__ == "ModuleWrapPolicy"
-    assert Block in fsdp.kwargs["auto_wrap_policy"]._module_classes

@@ -10,50 +10,27 @@ import pytest
 import torch
 
 from sparse_transformer import media
-from sparse_transformer import sample as sample_mod
+from sparse_transformer.checkpoint import load_model
+from sparse_transformer.cli import sample as sample_mod
 from sparse_transformer.config import AttentionConfig, ModelConfig, load_config
 from sparse_transformer.data import build_datamodule
-from sparse_transformer.lit import SparseTransformerLM, config_dict
+from sparse_transformer.training.module import SparseTransformerLM, config_dict
 from sparse_transformer.model import (
     SparseTransformer,
     filter_logits,
     sample_next,
 )
-from sparse_transformer.sample import main
+from sparse_transformer.cli.sample import main
+from sparse_transformer.training.evaluation import split_examples
+from tests.helpers import TINY, make_ckpt, run_command
 from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
-        "data.batch_size=4", "logger.kind=none", "trainer.enable_progress_bar=false", "data.val_windows=4",
-        "data.max_bytes=40000"]
-
-
-def make_ckpt(path: Path, *args, shape=None, dtype=None, edit=None) -> Path:
-    """A checkpoint in Lightning's layout (state_dict + hyper_parameters) of a random tiny model."""
-    cfg, _ = load_config(TINY + [f"data.cache_dir={path.parent / 'data'}", *args])
-    shape = shape or build_datamodule(cfg).shape
-    torch.manual_seed(1)
-    lit = SparseTransformerLM(config_dict(cfg), shape)
-    torch.nn.init.normal_(lit.net.head.weight, std=0.3)  # not the zero init: samples depend on the weights
-    sd = {k: v.to(dtype) if dtype else v for k, v in lit.state_dict().items()}
-    ck = {"state_dict": sd, "hyper_parameters": {"config": config_dict(cfg), "shape": list(shape)},
-          "pytorch-lightning_version": "2.6.6"}
-    if edit:
-        edit(ck)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ck, path)
-    return path
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(argv, capsys):
     """main(argv) -> (exit code, stdout, stderr)."""
-    try:
-        main([*argv, "progress=false"])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_command(main, [*argv, "progress=false"], capsys)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +138,7 @@ def test_priming_with_test_data(text_ckpt, tmp_path, capsys):
     assert code == 0, err
     tokens = np.load(tmp_path / "s" / "tokens.npy")
     cfg, _ = load_config(TINY + [f"data.cache_dir={text_ckpt.parent.parent.parent / 'data'}"])
-    test = sample_mod.test_examples(cfg, 2, 0).numpy()  # the same seed picks the same examples
+    test = split_examples(cfg, 2, 0)  # the same seed picks the same examples
     assert np.array_equal(tokens[:, :32], test[:, :32])
     assert not np.array_equal(tokens[:, 32:], test[:, 32:])
 
@@ -281,7 +258,7 @@ def test_a_checkpoint_with_the_older_fused_qkv_projection_still_loads(tmp_path, 
     fused = make_ckpt(tmp_path / "b" / "last.ckpt", "model.qk_ratio=0.5", edit=fuse)
     assert any("qkv" in k for k in torch.load(fused, weights_only=False)["state_dict"])
     x = torch.randint(0, 256, (2, 64))
-    a, b = (sample_mod.load_model(str(p), [], device="cpu")[0](x) for p in (plain, fused))
+    a, b = (load_model(str(p), [], device="cpu")[0](x) for p in (plain, fused))
     assert torch.equal(a, b)
 
 
@@ -306,7 +283,7 @@ def test_existing_output_folder_and_prompt_for_images_are_refused(text_ckpt, tmp
 
 
 def test_a_bad_option_fails_before_torch_is_imported():
-    code = ("import sys; from sparse_transformer.sample import main\n"
+    code = ("import sys; from sparse_transformer.cli.sample import main\n"
             "try:\n    main(['ckpt=x', 'temprature=1'])\n"
             "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -328,7 +305,7 @@ def test_help_lists_every_option(capsys):
 def test_a_trained_checkpoint_samples_the_same_on_another_backend(tmp_path, capsys):
     """A real Lightning checkpoint trained on `reference`: greedy samples with the sparse cache on
     `blocked` equal a full recomputation per token on `reference`."""
-    from sparse_transformer.train import main as train
+    from sparse_transformer.cli.train import main as train
 
     train(TINY + ["exp=default", f"run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "trainer.max_steps=3",
                   "optim.warmup_steps=1", "optim.lr=0.01", "attention.backend=reference", "attention.integration=merged"])

@@ -25,10 +25,10 @@ GPU = pytest.mark.gpu
 def _fit(tmp_path, *args, callbacks=(), first=(), logger: bool = False):
     """Train through the command's own trainer (build_trainer, build_callbacks); ``first`` callbacks
     run their hooks before all the others. Returns (module, trainer)."""
-    from sparse_transformer.callbacks import build_callbacks
     from sparse_transformer.data import build_datamodule, prepare_or_exit
-    from sparse_transformer.lit import SparseTransformerLM, config_dict
-    from sparse_transformer.train import build_logger, build_trainer
+    from sparse_transformer.training.loggers import build_logger
+    from sparse_transformer.training.module import SparseTransformerLM, config_dict
+    from sparse_transformer.training.trainer import build_callbacks, build_trainer
 
     cfg, _ = load_config([*TINY, f"data.cache_dir={tmp_path}/data", *args])
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ class _Around(Callback):
     pytest.param("cuda", "bf16-mixed", marks=GPU), pytest.param("cuda", "16-mixed", marks=GPU)])
 @pytest.mark.parametrize("bad", ["loss", "grad"])
 def test_a_skipped_step_leaves_weights_and_adamw_state_bit_identical(tmp_path, monkeypatch, device, precision, bad):
-    from sparse_transformer.lit import SparseTransformerLM
+    from sparse_transformer.training.module import SparseTransformerLM
 
     at = 3
     if bad == "loss":
@@ -189,7 +189,7 @@ def test_throughput_is_measured_once_per_window_after_the_warmup(tmp_path, monke
     """Windows of 3 steps after 2 warm-up steps, over a run with a short last batch (2 epochs of 11
     batches, the 11th of 5 windows): the clock is read (after a synchronisation on a GPU) at each
     window's end only, and tokens/s is the window's tokens over the time between two reads."""
-    from sparse_transformer.callbacks import throughput
+    from sparse_transformer.training.callbacks import throughput
 
     clock = iter(float(t) for t in range(1000))  # each read: one more second
     reads = []
@@ -215,7 +215,7 @@ def test_throughput_is_measured_once_per_window_after_the_warmup(tmp_path, monke
 def test_validation_inside_a_window_is_not_counted(tmp_path, monkeypatch):
     """Validation after steps 4 and 8 (trainer.val_check_interval=4), windows of 4 steps after 2:
     the clock stops at each validation's start and restarts at its end (each read: one second)."""
-    from sparse_transformer.callbacks import throughput
+    from sparse_transformer.training.callbacks import throughput
 
     clock = iter(float(t) for t in range(1000))
     reads, logged = [], []
@@ -235,7 +235,7 @@ def test_validation_inside_a_window_is_not_counted(tmp_path, monkeypatch):
 
 
 def test_throughput_metrics(tmp_path):
-    from sparse_transformer.callbacks.throughput import WindowThroughput
+    from sparse_transformer.training.callbacks.throughput import WindowThroughput
 
     class Trainer:
         world_size = 4
@@ -257,7 +257,7 @@ def test_throughput_metrics(tmp_path):
 # DDP agreement every log_every_n_steps
 # ------------------------------------------------------------------------------------------------
 def test_lightnings_sigterm_broadcast_runs_at_the_first_batch_and_every_k_steps():
-    from sparse_transformer.callbacks.fault import thin_lightning_sigterm_broadcast
+    from sparse_transformer.training.fault import thin_lightning_sigterm_broadcast
 
     calls = []
 

@@ -1,0 +1,129 @@
+"""The Trainer a config builds (training/trainer.py) and what the console shows
+(training/callbacks/progress.py): strategy, precision, checkpoints, progress bar, model summary,
+early stopping, the warm-up warning and quiet logs."""
+
+import logging
+import sys
+import warnings
+
+import pytest
+import torch
+
+from sparse_transformer.cli.train import main
+from sparse_transformer.config import load_config
+from sparse_transformer.training.callbacks import progress
+from sparse_transformer.training.loggers import RunWandbLogger, quiet_logs
+from sparse_transformer.training.module import SparseTransformerLM, config_dict
+from sparse_transformer.training.trainer import build_trainer
+
+TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=64", "attention.stride=8",
+        "data.batch_size=4", "logger.kind=none", "trainer.enable_progress_bar=false", "data.val_windows=4",
+        "data.max_bytes=20000", "callbacks.samples.at_end=false", "callbacks.attention_maps.enabled=false"]
+
+
+def test_the_trainer_is_built_from_the_config(tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from sparse_transformer.training.module import SparseTransformerLM, config_dict
+    from sparse_transformer.training.trainer import build_trainer
+
+    cfg, _ = load_config(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=2", "trainer.strategy=ddp",
+                          "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=3", "model.recompute=true",
+                          "model.compile=true", "trainer.checkpoint_every_n_steps=7", "logger.kind=none",
+                          "trainer.log_every_n_steps=6", "trainer.max_time=00:01:00:00"])
+    trainer = build_trainer(cfg, tmp_path)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2 and trainer.num_nodes == 2
+    assert trainer.precision == "bf16-mixed" and trainer.accumulate_grad_batches == 3
+    assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+    assert trainer.checkpoint_callback._every_n_train_steps == 7 and trainer.checkpoint_callback.save_last
+    assert trainer.gradient_clip_val is None  # optim.grad_clip is applied in the module's optimizer_step
+    # the host reads the device every log_every_n_steps: the progress bar and the max_time check
+    (bar,) = [c for c in trainer.callbacks if type(c).__name__ == "ProgressBar"]
+    (timer,) = [c for c in trainer.callbacks if type(c).__name__ == "StepTimer"]
+    assert bar.refresh_rate == 6 and timer._duration == 3600 and timer.state_key == "Timer"
+    lit = SparseTransformerLM(config_dict(cfg), [8, 32])
+    assert all(b.recompute for b in lit.net.blocks)
+    lit.configure_model()  # model.compile: the whole network wrapped by torch.compile (compiled on first call)
+    assert lit.net._compiled_call_impl is not None and all(b._compiled_call_impl is None for b in lit.net.blocks)
+    cfg.model.compile_mode = "blocks"
+    lit = SparseTransformerLM(config_dict(cfg), [8, 32])
+    lit.configure_model()  # each block its own graph
+    assert lit.net._compiled_call_impl is None and all(b._compiled_call_impl is not None for b in lit.net.blocks)
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from sparse_transformer.model import Block
+    from sparse_transformer.training.trainer import build_strategy
+
+    fsdp = build_strategy(load_config(["trainer.strategy=fsdp"])[0])  # on a GPU machine; sharded per block
+    assert isinstance(fsdp, FSDPStrategy) and fsdp.kwargs["auto_wrap_policy"].__class__.__name__ == "ModuleWrapPolicy"
+    assert Block in fsdp.kwargs["auto_wrap_policy"]._module_classes
+
+
+def test_early_stopping_is_off_by_default_and_watches_val_bpd(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    cfg, _ = load_config(["logger.kind=none"])
+    assert cfg.trainer.early_stopping == 0
+    assert not [c for c in build_trainer(cfg, tmp_path).callbacks if isinstance(c, EarlyStopping)]
+    cfg.trainer.early_stopping = 3
+    (es,) = [c for c in build_trainer(cfg, tmp_path).callbacks if isinstance(c, EarlyStopping)]
+    assert (es.monitor, es.mode, es.patience) == ("val/bpd", "min", 3)
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_a_run_whose_validation_stops_improving(tmp_path):
+    """A learning rate of 1e-12 leaves val/bpd where it is: two validations without improvement stop the run."""
+    summary = main(["exp=default", *TINY, f"run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data",
+                    "optim.lr=1e-12", "optim.warmup_steps=0", "trainer.max_steps=40", "trainer.val_check_interval=2",
+                    "trainer.early_stopping=2"])
+    assert summary["steps"] == 6  # validations at steps 2 (best), 4 and 6 (no better): stopped
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_about():
+    cfg, _ = load_config(["optim.warmup_steps=100"])
+    lit = SparseTransformerLM(config_dict(cfg), [8, 32])
+
+    class Trainer:  # what configure_optimizers reads
+        estimated_stepping_batches, fast_dev_run = 50, False
+
+    lit._trainer = Trainer()
+    with pytest.warns(UserWarning, match=r"optim.warmup_steps=100 is not below the run's 50 optimizer steps.*"
+                                         r"e.g. optim.warmup_steps=5"):
+        lit.configure_optimizers()
+    Trainer.estimated_stepping_batches = 101
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lit.configure_optimizers()
+
+
+def test_the_console_is_rich_in_a_terminal_and_plain_otherwise(monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    table, bar = progress.console_callbacks(True, 7)
+    assert type(bar) is progress.ProgressBar and bar.refresh_rate == 7 and table._summarize_kwargs == {"rich": False}
+    assert [type(c) for c in progress.console_callbacks(False, 7)] == [progress.ModelTable]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    table, bar = progress.console_callbacks(True, 7)
+    assert type(bar) is progress.RichBar and bar.every == 7 and table._summarize_kwargs == {"rich": True}
+
+
+def test_the_model_summary_has_no_flops(caplog):
+    data = [(" ", ["0", "1"]), ("Name", ["net", "val_bpd"]), ("Type", ["SparseTransformer", "MeanMetric"]),
+            ("Params", ["42.4 K", "0"]), ("Mode", ["train", "train"]), ("FLOPs", ["0", "0"])]
+    with caplog.at_level(logging.INFO):
+        progress.ModelTable.summarize(data, 42368, 42368, 0.169, {"train": 37, "eval": 0}, total_flops=0)
+    text = caplog.text
+    assert "SparseTransformer" in text and "Total params: 42.4 K" in text and "FLOP" not in text.upper()
+
+
+def test_quiet_logs_drop_the_tips_and_the_pytree_line(caplog):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    quiet_logs()
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]")
+        rank_zero_info("GPU available: False, used: False")
+    assert "Tip" not in caplog.text and "GPU available" in caplog.text
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`", FutureWarning)
+    assert seen == []
+    assert "anonymous" not in RunWandbLogger(project="p", save_dir=".", mode="offline")._wandb_init
