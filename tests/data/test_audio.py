@@ -156,3 +156,58 @@ def test_hub_style_audio_column_is_decoded_by_our_code(tmp_path):
     dm = _dm(tmp_path, f"data.source={tmp_path / 'hub'}", "data.splits=[0.6,0.2,0.2]")
     sizes = [len(dm.splits[k]) for k in ("train", "validation", "test")]
     assert sizes == [1200 * 5, 1200, 1200]  # validation: one whole record held out of train; test: the test split
+
+
+def _hub_folder(root, splits: dict[str, int], column="audio"):
+    """A parquet dataset folder shaped like a hub audio dataset; record r of split s is a tone of its own."""
+    import datasets
+
+    (root / "data").mkdir(parents=True)
+    feats = datasets.Features({column: {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}})
+    freqs = {}
+    for split, n in splits.items():
+        recs = []
+        for i in range(n):
+            name = f"{split}{i}.wav"
+            freqs[name] = 200 + 37 * len(freqs)
+            write_wav(root / name, tone(freqs[name], 0.1, 12000), 12000)
+            recs.append({"bytes": (root / name).read_bytes(), "path": name})
+        ds = datasets.Dataset.from_dict({column: recs}, features=feats).cast_column(column, datasets.Audio(decode=False))
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root, {name: A.audio_tokens((root / name).read_bytes(), name, 12000) for name in freqs}
+
+
+def _records_in(stream, tokens: dict) -> list[str]:
+    """Which records a prepared split holds, in order (each record is 1200 tokens: 0.1 s at 12 kHz)."""
+    got = stream.all()
+    assert len(got) % 1200 == 0
+    out = []
+    for k in range(0, len(got), 1200):
+        out += [name for name, t in tokens.items() if np.array_equal(t, got[k : k + 1200])]
+    assert len(out) == len(got) // 1200
+    return out
+
+
+@pytest.mark.parametrize("splits", [{"test": 20}, {"validation": 6, "test": 14}, {"other": 12, "extra": 8}])
+def test_a_hub_source_without_a_train_split_is_divided_disjointly(tmp_path, splits):
+    """Issue 16, item 13: with only a test split, the first split was taken as train and 95 of 100
+    records were in both. Now every record lands in exactly one split, by data.splits."""
+    src, tokens = _hub_folder(tmp_path / "hub", splits)
+    dm = _dm(tmp_path, f"data.source={src}", "data.splits=[0.6,0.2,0.2]")
+    held = {s: _records_in(dm.splits[s], tokens) for s in ("train", "validation", "test")}
+    every = held["train"] + held["validation"] + held["test"]
+    assert sorted(every) == sorted(tokens) and len(set(every)) == len(every)  # each record once
+    assert [len(held[s]) for s in ("train", "validation", "test")] == [12, 4, 4]
+
+
+def test_hub_splits_are_taken_by_name_only(tmp_path):
+    src, tokens = _hub_folder(tmp_path / "hub", {"test": 3, "train": 5, "validation": 2})  # train not first
+    dm = _dm(tmp_path, f"data.source={src}")
+    held = {s: _records_in(dm.splits[s], tokens) for s in ("train", "validation", "test")}
+    assert held == {"train": [f"train{i}.wav" for i in range(5)], "validation": ["validation0.wav", "validation1.wav"],
+                    "test": ["test0.wav", "test1.wav", "test2.wav"]}
+    # data.test_split=validation: validation is then held out of train, not the same records twice
+    dm = _dm(tmp_path / "v", f"data.source={src}", "data.test_split=validation", "data.splits=[0.6,0.2,0.2]")
+    held = {s: _records_in(dm.splits[s], tokens) for s in ("train", "validation", "test")}
+    assert held["test"] == ["validation0.wav", "validation1.wav"] and not set(held["validation"]) & set(held["test"])
+    assert sorted(held["train"] + held["validation"]) == [f"train{i}.wav" for i in range(5)]
