@@ -44,8 +44,9 @@ def split_options(argv: list[str]) -> tuple[dict[str, bool], list[str]]:
         key, eq, value = (a[2:] if a.startswith("--") else a).partition("=")
         if key not in OPTIONS:
             rest.append(a)
-        elif not eq or value.lower() not in BOOLS:
-            fail(f"{key}={value} is not valid; valid: {key}=true or {key}=false")
+        elif value.lower() not in BOOLS:
+            fail(f"{key}={value} is not valid; valid: {key}=true or {key}=false" if eq else
+                 f"{key} needs a value; valid: {key}=true or {key}=false")
         else:
             opts[key] = BOOLS[value.lower()]
     return opts, rest

@@ -228,6 +228,7 @@ class TokenDataModule(L.LightningDataModule):
             self.build(w)
             if sum(w.lengths.values()) == 0:
                 raise DataError(f"data.source={d.source}{' data.path=' + str(d.path) if d.path else ''} gave no data")
+            self.check_lengths(w.lengths)  # a store too small for these windows is not kept
         self.rebuild = False
         self.prepare_seconds = time.time() - t0
 
@@ -249,8 +250,12 @@ class TokenDataModule(L.LightningDataModule):
             self.meta, self.splits = open_store(self.dir)
         except DamagedStore as e:
             raise self.damaged(e) from None
+        self.check_lengths({name: len(self.splits[name]) for name in SPLITS})
+
+    def check_lengths(self, lengths: dict[str, int]) -> None:
+        """Every split can be cut into windows (a test split may be empty); else a one-line DataError."""
         for name in SPLITS:
-            size = len(self.splits[name])
+            size = lengths[name]
             if name == "test" and size == 0:
                 continue  # a source may have no test split
             if self.kind == "stream" and size < self.seq_len:
