@@ -1,8 +1,14 @@
+import builtins
+import tempfile
+from pathlib import Path
+
+import datasets
 import numpy as np
 import pytest
 import torch
 
 from sparse_transformer.data import audio as A
+from sparse_transformer.data import music
 from sparse_transformer.data.audio import AudioDataModule, assign_tracks, read_wav
 from sparse_transformer.data.store import DataError
 from sparse_transformer.media import mulaw_encode
@@ -41,8 +47,6 @@ def test_float_wav_and_non_audio_files(tmp_path):
 @pytest.mark.parametrize("use_scipy", [True, False])
 def test_resampling_keeps_pitch_and_level(monkeypatch, use_scipy):
     if not use_scipy:
-        import builtins
-
         real = builtins.__import__
         monkeypatch.setattr(builtins, "__import__", lambda n, *a, **k: (_ for _ in ()).throw(ImportError(n))
                             if n.startswith("scipy") else real(n, *a, **k))
@@ -107,16 +111,12 @@ def test_non_audio_file_is_named_and_nothing_is_left(tmp_path):
 
 
 def test_simple_synth_and_midi_writer():
-    from sparse_transformer.data.music import simple_synth, write_midi
-
+    simple_synth, write_midi = music.simple_synth, music.write_midi
     notes = np.array([[0.0, 0.5, 69.0], [0.5, 0.5, 81.0]])  # A4 then A5
     x = simple_synth(notes, 12000)
     assert x.dtype == np.float32 and 0.1 < np.abs(x).max() <= 0.95 and len(x) >= 12000
     spec = np.abs(np.fft.rfft(x[1000:5000]))
     assert abs(np.argmax(spec) * 12000 / 4000 - 440) < 4
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as d:
         write_midi(notes, Path(d) / "a.mid")
         raw = (Path(d) / "a.mid").read_bytes()
@@ -126,8 +126,6 @@ def test_simple_synth_and_midi_writer():
 @pytest.mark.slow
 def test_bach_renders_real_chorales(tmp_path, monkeypatch):
     pytest.importorskip("music21")
-    from sparse_transformer.data import music
-
     paths = music.bach_tracks()
     assert len(paths) > 400
     monkeypatch.setattr(music, "bach_tracks", lambda: paths[:6])
@@ -138,8 +136,6 @@ def test_bach_renders_real_chorales(tmp_path, monkeypatch):
 
 
 def test_hub_style_audio_column_is_decoded_by_our_code(tmp_path):
-    import datasets
-
     (tmp_path / "hub" / "data").mkdir(parents=True)
     # stored as a plain {bytes, path} struct, then cast to Audio: encoding through the Audio feature
     # needs torchcodec, which is exactly what this project avoids
@@ -160,8 +156,6 @@ def test_hub_style_audio_column_is_decoded_by_our_code(tmp_path):
 
 def _hub_folder(root, splits: dict[str, int], column="audio"):
     """A parquet dataset folder shaped like a hub audio dataset; record r of split s is a tone of its own."""
-    import datasets
-
     (root / "data").mkdir(parents=True)
     feats = datasets.Features({column: {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}})
     freqs = {}

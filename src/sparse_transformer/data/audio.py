@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import hub
+from . import hub, music
 from .base import TokenDataModule
 from .decode import audio_tokens, decode_audio, read_wav, resample  # noqa: F401  (also their old import path)
-from .music import Renderer, bach_tracks
 from .store import SPLITS, DataError, StoreWriter
 
 SPLIT_SEED = 1234  # fixed track permutation: the same held-out tracks for every cfg.seed
@@ -138,8 +137,8 @@ class AudioDataModule(TokenDataModule):
         d = self.cfg.data
         caps = self._caps()
         if d.source == "bach":
-            plan = assign_tracks(bach_tracks(), d.splits)
-            with Renderer(d.sample_rate, d.synth) as render:
+            plan = assign_tracks(music.bach_tracks(), d.splits)
+            with music.Renderer(d.sample_rate, d.synth) as render:
                 w.meta["synth"] = render.synth
                 for split in SPLITS:
                     self._write(w, split, render(plan[split], desc=f"bach {split}"), caps[split])

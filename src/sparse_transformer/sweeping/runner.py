@@ -109,19 +109,11 @@ class TrialProgress:
                 self.stream.flush()
 
 
-def _tail(path: Path, lines: int = 1) -> str:
-    try:
-        text = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
-
-
 def outcome(rc: int, summary: Path, log: Path, metric: str) -> dict:
     """A finished process's record: finished with its metric, or failed with why (a non-zero exit,
     no summary, the metric not logged, or not a finite number)."""
     if rc != 0 or not summary.exists():
-        return {"status": "failed", "error": f"exit {rc}: {_tail(log)}"}
+        return {"status": "failed", "error": f"exit {rc}: {last_line(log)}"}
     try:
         logged = json.loads(summary.read_text()).get("metrics", {})
     except (OSError, ValueError, AttributeError) as e:
