@@ -8,18 +8,7 @@ import torch
 
 from sparse_transformer.data.store import DataError
 from sparse_transformer.data.windows import ContextWindows, RandomWindows
-
-
-class Stream:
-    def __init__(self, n):
-        self.data = np.arange(n) % 251
-
-    def __len__(self):
-        return len(self.data)
-
-    def read(self, start, n):
-        assert 0 <= start and start + n <= len(self.data)
-        return self.data[start : start + n]
+from tests.data.helpers import CountingStream as Stream
 
 
 @pytest.mark.parametrize("length,n,C", [(1000, 64, 48), (1000, 64, 0), (64, 64, 10), (130, 64, 63), (257, 64, 16),
