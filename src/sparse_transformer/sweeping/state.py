@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..files import remove_stale, write_json
+from ..files import write_json
 from .spec import SweepError
 
 TRIAL_ID = re.compile(r"trial-[0-9]{3,6}")  # the runner's trial ids: trial-000, trial-001, ...
@@ -27,7 +27,6 @@ def save_state(state: dict, path: Path) -> None:
 
 def load_state(state_file: Path, sweep: dict) -> dict:
     """``trials.json`` as the runner wrote it; SweepError (one line) if it is not."""
-    remove_stale(state_file)  # temporaries of a runner killed while it saved
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError) as e:
