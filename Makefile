@@ -61,5 +61,5 @@ sweep:  ## create the W&B sweep conf/sweep/<SWEEP>.yaml and print its id: make s
 agent:  ## start a W&B agent on a sweep: make agent SWEEP_ID=<entity/project/id> COUNT=<n> (no COUNT: until it ends)
 	$(PYTHON) -m sparse_transformer.sweep agent $(SWEEP_ID) --count=$(COUNT)
 
-sweep-local:  ## run a sweep here, offline, and print its leaderboard: make sweep-local SWEEP=<name> N=<trials>
-	$(PYTHON) -m sparse_transformer.sweep local $(SWEEP) --trials=$(N)
+sweep-local:  ## run a sweep here, offline, with each trial's progress, then its leaderboard: make sweep-local SWEEP=<name> N=<trials> ARGS="trainer.max_steps=50"
+	$(PYTHON) -m sparse_transformer.sweep local $(SWEEP) --trials=$(N) $(ARGS)

@@ -103,3 +103,17 @@ def write_float_wav(path: Path, x: np.ndarray, rate: int) -> Path:
     body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return path
+
+
+class CountingStream:
+    """A token stream of ``n`` tokens 0, 1, ..., 250, 0, 1, ... (``read`` as a store's split), checking each read is inside it."""
+
+    def __init__(self, n):
+        self.data = np.arange(n) % 251
+
+    def __len__(self):
+        return len(self.data)
+
+    def read(self, start, n):
+        assert 0 <= start and start + n <= len(self.data)
+        return self.data[start : start + n]

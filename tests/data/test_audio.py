@@ -1,8 +1,14 @@
+import builtins
+import tempfile
+from pathlib import Path
+
+import datasets
 import numpy as np
 import pytest
 import torch
 
 from sparse_transformer.data import audio as A
+from sparse_transformer.data import music
 from sparse_transformer.data.audio import AudioDataModule, assign_tracks, read_wav
 from sparse_transformer.data.store import DataError
 from sparse_transformer.media import mulaw_encode
@@ -41,8 +47,6 @@ def test_float_wav_and_non_audio_files(tmp_path):
 @pytest.mark.parametrize("use_scipy", [True, False])
 def test_resampling_keeps_pitch_and_level(monkeypatch, use_scipy):
     if not use_scipy:
-        import builtins
-
         real = builtins.__import__
         monkeypatch.setattr(builtins, "__import__", lambda n, *a, **k: (_ for _ in ()).throw(ImportError(n))
                             if n.startswith("scipy") else real(n, *a, **k))
@@ -107,16 +111,12 @@ def test_non_audio_file_is_named_and_nothing_is_left(tmp_path):
 
 
 def test_simple_synth_and_midi_writer():
-    from sparse_transformer.data.music import simple_synth, write_midi
-
+    simple_synth, write_midi = music.simple_synth, music.write_midi
     notes = np.array([[0.0, 0.5, 69.0], [0.5, 0.5, 81.0]])  # A4 then A5
     x = simple_synth(notes, 12000)
     assert x.dtype == np.float32 and 0.1 < np.abs(x).max() <= 0.95 and len(x) >= 12000
     spec = np.abs(np.fft.rfft(x[1000:5000]))
     assert abs(np.argmax(spec) * 12000 / 4000 - 440) < 4
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as d:
         write_midi(notes, Path(d) / "a.mid")
         raw = (Path(d) / "a.mid").read_bytes()
@@ -126,8 +126,6 @@ def test_simple_synth_and_midi_writer():
 @pytest.mark.slow
 def test_bach_renders_real_chorales(tmp_path, monkeypatch):
     pytest.importorskip("music21")
-    from sparse_transformer.data import music
-
     paths = music.bach_tracks()
     assert len(paths) > 400
     monkeypatch.setattr(music, "bach_tracks", lambda: paths[:6])
@@ -138,8 +136,6 @@ def test_bach_renders_real_chorales(tmp_path, monkeypatch):
 
 
 def test_hub_style_audio_column_is_decoded_by_our_code(tmp_path):
-    import datasets
-
     (tmp_path / "hub" / "data").mkdir(parents=True)
     # stored as a plain {bytes, path} struct, then cast to Audio: encoding through the Audio feature
     # needs torchcodec, which is exactly what this project avoids
@@ -156,3 +152,56 @@ def test_hub_style_audio_column_is_decoded_by_our_code(tmp_path):
     dm = _dm(tmp_path, f"data.source={tmp_path / 'hub'}", "data.splits=[0.6,0.2,0.2]")
     sizes = [len(dm.splits[k]) for k in ("train", "validation", "test")]
     assert sizes == [1200 * 5, 1200, 1200]  # validation: one whole record held out of train; test: the test split
+
+
+def _hub_folder(root, splits: dict[str, int], column="audio"):
+    """A parquet dataset folder shaped like a hub audio dataset; record r of split s is a tone of its own."""
+    (root / "data").mkdir(parents=True)
+    feats = datasets.Features({column: {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}})
+    freqs = {}
+    for split, n in splits.items():
+        recs = []
+        for i in range(n):
+            name = f"{split}{i}.wav"
+            freqs[name] = 200 + 37 * len(freqs)
+            write_wav(root / name, tone(freqs[name], 0.1, 12000), 12000)
+            recs.append({"bytes": (root / name).read_bytes(), "path": name})
+        ds = datasets.Dataset.from_dict({column: recs}, features=feats).cast_column(column, datasets.Audio(decode=False))
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root, {name: A.audio_tokens((root / name).read_bytes(), name, 12000) for name in freqs}
+
+
+def _records_in(stream, tokens: dict) -> list[str]:
+    """Which records a prepared split holds, in order (each record is 1200 tokens: 0.1 s at 12 kHz)."""
+    got = stream.all()
+    assert len(got) % 1200 == 0
+    out = []
+    for k in range(0, len(got), 1200):
+        out += [name for name, t in tokens.items() if np.array_equal(t, got[k : k + 1200])]
+    assert len(out) == len(got) // 1200
+    return out
+
+
+@pytest.mark.parametrize("splits", [{"test": 20}, {"validation": 6, "test": 14}, {"other": 12, "extra": 8}])
+def test_a_hub_source_without_a_train_split_is_divided_disjointly(tmp_path, splits):
+    """Issue 16, item 13: with only a test split, the first split was taken as train and 95 of 100
+    records were in both. Now every record lands in exactly one split, by data.splits."""
+    src, tokens = _hub_folder(tmp_path / "hub", splits)
+    dm = _dm(tmp_path, f"data.source={src}", "data.splits=[0.6,0.2,0.2]")
+    held = {s: _records_in(dm.splits[s], tokens) for s in ("train", "validation", "test")}
+    every = held["train"] + held["validation"] + held["test"]
+    assert sorted(every) == sorted(tokens) and len(set(every)) == len(every)  # each record once
+    assert [len(held[s]) for s in ("train", "validation", "test")] == [12, 4, 4]
+
+
+def test_hub_splits_are_taken_by_name_only(tmp_path):
+    src, tokens = _hub_folder(tmp_path / "hub", {"test": 3, "train": 5, "validation": 2})  # train not first
+    dm = _dm(tmp_path, f"data.source={src}")
+    held = {s: _records_in(dm.splits[s], tokens) for s in ("train", "validation", "test")}
+    assert held == {"train": [f"train{i}.wav" for i in range(5)], "validation": ["validation0.wav", "validation1.wav"],
+                    "test": ["test0.wav", "test1.wav", "test2.wav"]}
+    # data.test_split=validation: validation is then held out of train, not the same records twice
+    dm = _dm(tmp_path / "v", f"data.source={src}", "data.test_split=validation", "data.splits=[0.6,0.2,0.2]")
+    held = {s: _records_in(dm.splits[s], tokens) for s in ("train", "validation", "test")}
+    assert held["test"] == ["validation0.wav", "validation1.wav"] and not set(held["validation"]) & set(held["test"])
+    assert sorted(held["train"] + held["validation"]) == [f"train{i}.wav" for i in range(5)]

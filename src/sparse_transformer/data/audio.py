@@ -1,10 +1,9 @@
 """Audio as 8-bit mu-law tokens (vocabulary 256): mono, ``data.sample_rate`` (12 kHz, as in the
 paper), one stream per split cut into windows of seq_len like text.
 
-Decoding is this project's own (``datasets``' ``Audio`` decodes through torchcodec and FFmpeg,
-which the GPU machine lacks): WAV (PCM 8/16/24/32-bit, float 32/64, WAVE_FORMAT_EXTENSIBLE) is
-parsed here; other formats (FLAC, OGG, MP3) go through ``soundfile`` when it is installed. Hub
-datasets are read with ``Audio(decode=False)`` and their bytes decoded the same way.
+Decoding is this project's own (``decode.py``; ``datasets``' ``Audio`` decodes through torchcodec
+and FFmpeg, which the GPU machine lacks). Hub datasets are read with ``Audio(decode=False)`` and
+their bytes decoded the same way.
 
 Sources (``data.source``):
 - ``bach``: the Bach chorales that ``music21`` ships, rendered to audio (``music.py``);
@@ -12,129 +11,32 @@ Sources (``data.source``):
   train/ validation/ test/ are used when present, and so is MAESTRO's ``maestro-v*.csv`` split
   column; otherwise whole tracks are assigned to splits by ``data.splits`` (a fixed permutation),
   so no piece is in two splits;
-- a hub name: its first ``Audio`` column, with its own splits (missing ones held out as above).
+- a hub name (or a saved/parquet dataset folder): its first ``Audio`` column. Splits are taken by
+  name only: ``train``, ``validation`` and ``data.test_split``; a missing validation or test split
+  is held out of ``train`` (whole records, by ``data.splits``). A source without a ``train`` split
+  has all its records, whatever their splits, divided by ``data.splits`` the same way, so no
+  record is in two splits.
 ``data.max_bytes`` caps each split at its ``data.splits`` share of the cap.
+
+``datasets`` is imported where hub records are read (heavy; local files and bach need none of it).
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import struct
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..media import mulaw_encode
-from . import hub
+from . import hub, music
 from .base import TokenDataModule
+from .decode import audio_tokens, decode_audio, read_wav, resample  # noqa: F401  (also their old import path)
 from .store import SPLITS, DataError, StoreWriter
 
 SPLIT_SEED = 1234  # fixed track permutation: the same held-out tracks for every cfg.seed
 AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".opus"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding
-# ---------------------------------------------------------------------------------------------
-def read_wav(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """A WAV file's bytes -> (float32 samples (frames, channels) in [-1, 1], sample rate)."""
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
-        raise DataError(f"audio file {name} is not a WAV file (no RIFF/WAVE header)")
-    pos, fmt, payload = 12, None, None
-    while pos + 8 <= len(data):
-        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        body = data[pos + 8 : pos + 8 + size]
-        if cid == b"fmt ":
-            fmt = body
-        elif cid == b"data":
-            payload = body  # a truncated last chunk keeps what is there
-            break
-        pos += 8 + size + (size & 1)
-    if fmt is None or payload is None or len(fmt) < 16:
-        raise DataError(f"audio file {name} is a WAV file without a fmt or data chunk; it is damaged")
-    tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", fmt[:16])
-    if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real format is the sub-format's first 2 bytes
-        tag = struct.unpack("<H", fmt[24:26])[0]
-    width = bits // 8
-    if channels < 1 or width < 1 or align != channels * width:
-        raise DataError(f"audio file {name} has an inconsistent WAV header ({channels} channels, {bits} bits, align {align})")
-    frames = len(payload) // align
-    raw = np.frombuffer(payload[: frames * align], dtype=np.uint8)
-    if tag == 1 and width == 1:
-        x = (raw.astype(np.float32) - 128) / 128
-    elif tag == 1 and width in (2, 4):
-        x = np.frombuffer(raw, dtype=f"<i{width}").astype(np.float32) / float(1 << (bits - 1))
-    elif tag == 1 and width == 3:
-        b = raw.reshape(-1, 3).astype(np.int32)
-        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        x = (np.where(v >= 1 << 23, v - (1 << 24), v)).astype(np.float32) / float(1 << 23)
-    elif tag == 3 and width in (4, 8):
-        x = np.frombuffer(raw, dtype=f"<f{width}").astype(np.float32)
-    else:
-        raise DataError(f"audio file {name} uses WAV format tag {tag} with {bits} bits, which this reader does not "
-                        f"decode (PCM 8/16/24/32 or float 32/64); convert it to 16-bit PCM WAV")
-    return x.reshape(frames, channels), int(rate)
-
-
-def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """Bytes of an audio file -> (mono float32 samples, sample rate)."""
-    if data[:4] in (b"RIFF", b"RF64"):
-        x, rate = read_wav(data, name)
-    else:
-        try:
-            import soundfile
-        except ImportError:
-            raise DataError(f"audio file {name} is not a WAV file and soundfile is not installed to decode other "
-                            f"formats (pip install soundfile); convert it to WAV or install soundfile") from None
-        try:
-            x, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except Exception as e:
-            why = str(e).split(": ")[-1][:120]  # libsndfile's reason, without the BytesIO repr before it
-            raise DataError(f"audio file {name} is not a WAV file and soundfile could not decode it either ({why}); "
-                            f"replace or remove it") from None
-    if len(x) == 0:
-        raise DataError(f"audio file {name} has no samples")
-    return x.mean(axis=1).astype(np.float32), rate
-
-
-def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Band-limited resampling (scipy's polyphase filter when scipy is there, else a windowed sinc)."""
-    if rate == target:
-        return x
-    from math import gcd
-
-    g = gcd(rate, target)
-    up, down = target // g, rate // g
-    try:
-        from scipy.signal import resample_poly
-
-        return resample_poly(x, up, down).astype(np.float32)
-    except ImportError:
-        pass
-    # Fallback: each output sample is a Kaiser-windowed sinc over the 2*16 nearest inputs, low-passed
-    # at the lower of the two Nyquist rates; processed in blocks to bound memory.
-    cutoff = min(1.0, target / rate)
-    half = int(np.ceil(16 / cutoff))
-    n_out = int(len(x) * target // rate)
-    xp = np.pad(x.astype(np.float64), half + 1)
-    out = np.empty(n_out, dtype=np.float32)
-    for s in range(0, n_out, 8192):
-        t = np.arange(s, min(s + 8192, n_out)) * (rate / target)
-        base = np.floor(t).astype(np.int64)
-        k = np.arange(-half, half + 1)
-        idx = base[:, None] + k[None, :]
-        d = t[:, None] - idx
-        w = cutoff * np.sinc(cutoff * d) * np.kaiser(2 * half + 1, 8.6)[None, :]
-        out[s : s + len(t)] = (xp[idx + half + 1] * w).sum(axis=1)
-    return out
-
-
-def audio_tokens(data: bytes, name: str, target: int) -> np.ndarray:
-    x, rate = decode_audio(data, name)
-    return mulaw_encode(resample(x, rate, target))
 
 
 def _record_tokens(col: str, target: int, source: str, record: dict) -> np.ndarray:
@@ -183,6 +85,36 @@ def local_tracks(p: Path, fractions) -> dict[str, list[Path]]:
     return assign_tracks(files, fractions)
 
 
+def audio_records(ds, source: str):
+    """A split with only its audio column, named ``audio``, as undecoded ``{bytes, path}`` records."""
+    import datasets
+
+    col = hub.column(ds, ("Audio",), ("audio",), source, "audio")
+    ds = ds.select_columns([col]).cast_column(col, datasets.Audio(decode=False))
+    return ds.rename_column(col, "audio") if col != "audio" else ds
+
+
+def hub_splits(dd: dict, test_split: str, fractions, source: str) -> dict:
+    """{train, validation, test: records} of a hub DatasetDict, by split name only (see the module's
+    docstring); what is held out is whole records through ``assign_tracks``, so splits are disjoint."""
+    import datasets
+
+    named = {"train": "train" if "train" in dd else None,
+             "test": test_split if test_split in dd and test_split != "train" else None}
+    named["validation"] = "validation" if "validation" in dd and named["test"] != "validation" else None
+    if named["train"] is None:  # every record, whatever its split, divided by data.splits
+        pool = datasets.concatenate_datasets([audio_records(ds, source) for ds in dd.values()])
+        plan = assign_tracks(list(range(len(pool))), fractions)
+        return {s: pool.select(plan[s]) for s in SPLITS}
+    out = {s: audio_records(dd[name], source) for s, name in named.items() if name is not None}
+    missing = [s for s in ("validation", "test") if s not in out]
+    if missing:  # whole records of the train split held out by data.splits
+        train, plan = out["train"], assign_tracks(list(range(len(out["train"]))), fractions)
+        out.update({s: train.select(plan[s]) for s in missing})
+        out["train"] = train.select(plan["train"] + [i for s in ("validation", "test") if s not in missing for i in plan[s]])
+    return {s: out[s] for s in SPLITS}
+
+
 class AudioDataModule(TokenDataModule):
     modality = "audio"
     kind = "stream"
@@ -205,10 +137,8 @@ class AudioDataModule(TokenDataModule):
         d = self.cfg.data
         caps = self._caps()
         if d.source == "bach":
-            from .music import Renderer, bach_tracks
-
-            plan = assign_tracks(bach_tracks(), d.splits)
-            with Renderer(d.sample_rate, d.synth) as render:
+            plan = assign_tracks(music.bach_tracks(), d.splits)
+            with music.Renderer(d.sample_rate, d.synth) as render:
                 w.meta["synth"] = render.synth
                 for split in SPLITS:
                     self._write(w, split, render(plan[split], desc=f"bach {split}"), caps[split])
@@ -225,22 +155,9 @@ class AudioDataModule(TokenDataModule):
         self._build_hub(w, hub.load(d.source, local_hint=self.local_hint), d.source, caps)
 
     def _build_hub(self, w: StoreWriter, dd: dict, source: str, caps) -> None:
-        import datasets
-
         d = self.cfg.data
-        have = {"train": dd.get("train"), "validation": dd.get("validation"), "test": dd.get(d.test_split)}
-        train = have["train"] if have["train"] is not None else next(iter(dd.values()))
-        missing = [s for s in ("validation", "test") if have[s] is None]
-        if missing:  # hold whole records of the train split out by data.splits
-            plan = assign_tracks(list(range(len(train))), d.splits)
-            for s in missing:
-                have[s] = train.select(plan[s])
-            have["train"] = train.select(plan["train"] + [i for s in ("validation", "test") if s not in missing for i in plan[s]])
-        for split in SPLITS:
-            ds = have[split]
-            col = hub.column(ds, ("Audio",), ("audio",), source, "audio")
-            ds = ds.select_columns([col]).cast_column(col, datasets.Audio(decode=False))
-            fn = partial(_record_tokens, col, d.sample_rate, source)
+        for split, ds in hub_splits(dd, d.test_split, d.splits, source).items():
+            fn = partial(_record_tokens, "audio", d.sample_rate, source)
             gen = (fn(r) for r in tqdm(ds, desc=f"decoding {split} audio", unit="rec", mininterval=1.0))
             self._write(w, split, gen, caps[split])
 
@@ -258,8 +175,4 @@ class AudioDataModule(TokenDataModule):
                 return
 
     def stream_records(self, ds, source: str):
-        import datasets
-
-        col = hub.column(ds, ("Audio",), ("audio",), source, "audio")
-        ds = ds.select_columns([col]).cast_column(col, datasets.Audio(decode=False))
-        return ds, partial(_record_tokens, col, self.cfg.data.sample_rate, source)
+        return audio_records(ds, source), partial(_record_tokens, "audio", self.cfg.data.sample_rate, source)

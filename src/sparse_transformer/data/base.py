@@ -4,6 +4,9 @@ a store, open it in ``setup``, check sizes, and build the DataLoaders from ``dat
 A subclass sets ``modality`` and ``kind`` ("stream": text/audio, cut into windows of seq_len;
 "items": images, one sequence each) and writes its splits in ``build(writer)``; with
 ``data.streaming=true`` and a hub source it returns iterable datasets from ``streamed(split)``.
+
+A damaged prepared folder (``store.DamagedStore``) is reported as one line naming the file and
+the command that rebuilds it (``rebuild_command``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -19,10 +24,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .store import SPLITS, DataError, StoreWriter, is_prepared, open_store
-from .windows import EvalWindows, RandomWindows
+from ..files import folder_problem
+from . import hub
+from .store import SPLITS, DamagedStore, DataError, StoreWriter, is_prepared, open_store, verify_store
+from .streaming import StreamedWindows, shard
+from .windows import ContextWindows, RandomWindows
 
 BUILTIN: set[str] = {"local", "pydoc", "shakespeare", "bach"}  # sources that are not hub names
+
+
+def unigram_entropy(tokens: np.ndarray, vocab: int = 256) -> float:
+    """Bits per token of the empirical unigram distribution."""
+    counts = np.bincount(tokens, minlength=vocab).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
 
 
 class ItemDataset(Dataset):
@@ -153,11 +168,16 @@ class TokenDataModule(L.LightningDataModule):
         self.dir = Path(d.cache_dir) / f"{self.modality}-{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         self.splits: dict = {}
         self.meta: dict = {}
+        self.rebuild = False  # prepare again even where a prepared folder exists (the data command's rebuild=true)
+        self.command_args = sys.argv[1:]  # the command line, for the rebuild command of an error message
 
-    # ---- identity of the prepared data: everything that changes the tokens, nothing that doesn't
+    # ---- identity of the prepared data: everything that changes the tokens or their files, nothing that doesn't
     def key_fields(self) -> dict:
         d = self.cfg.data
-        return {"source": d.source, "path": d.path, "splits": list(d.splits), "max_bytes": d.max_bytes}
+        key = {"source": d.source, "path": d.path, "splits": list(d.splits), "max_bytes": d.max_bytes}
+        if d.format != "arrow":  # raw and arrow folders side by side; arrow keeps the names it had before
+            key["format"] = d.format
+        return key
 
     @property
     def shape(self) -> list[int]:
@@ -178,17 +198,46 @@ class TokenDataModule(L.LightningDataModule):
     def item_len(self) -> int | None:
         return None
 
+    def rebuild_command(self) -> str:
+        """The command that prepares this folder again: the data keys of this command line, rebuild=true."""
+        words = [a[2:] if a.startswith("--") else a for a in self.command_args]
+        keep = [w for w in words if w.startswith("data.")] + ["rebuild=true"]
+        return f"make data EXP={getattr(self.cfg, 'exp', None) or 'default'} ARGS={shlex.quote(' '.join(keep))}"
+
+    def damaged(self, e: DamagedStore) -> DataError:
+        return DataError(f"{e}; rebuild it: {self.rebuild_command()}")
+
+    def prepared(self) -> bool:
+        """This folder is prepared in data.format (a damaged one: one-line DataError with the rebuild command)."""
+        try:
+            return is_prepared(self.dir, self.cfg.data.format)
+        except DamagedStore as e:
+            raise self.damaged(e) from None
+
     def prepare_data(self) -> None:
         """Build the store once (Lightning calls this on local rank 0 only)."""
-        if self.streaming or is_prepared(self.dir, self.cfg.data.format):
+        if self.streaming or (not self.rebuild and self.prepared()):
             return
+        d = self.cfg.data
+        problem = folder_problem(self.dir.parent)
+        if problem:
+            raise DataError(f"data.cache_dir={d.cache_dir} {problem}; give a folder that can be written")
         t0 = time.time()
-        meta = {"modality": self.modality, "source": self.cfg.data.source, "key": self.key_fields()}
-        with StoreWriter(self.dir, self.kind, meta, self.cfg.data.format, item_len=self.item_len()) as w:
+        meta = {"modality": self.modality, "source": d.source, "key": self.key_fields()}
+        with StoreWriter(self.dir, self.kind, meta, d.format, item_len=self.item_len()) as w:
             self.build(w)
             if sum(w.lengths.values()) == 0:
-                raise DataError(f"data.source={self.cfg.data.source}{' data.path=' + str(self.cfg.data.path) if self.cfg.data.path else ''} gave no data")
+                raise DataError(f"data.source={d.source}{' data.path=' + str(d.path) if d.path else ''} gave no data")
+            self.check_lengths(w.lengths)  # a store too small for these windows is not kept
+        self.rebuild = False
         self.prepare_seconds = time.time() - t0
+
+    def verify(self) -> dict:
+        """Every file of the prepared folder against its recorded SHA-256 ({files, bytes}); DataError if one differs."""
+        try:
+            return verify_store(self.dir)
+        except DamagedStore as e:
+            raise self.damaged(e) from None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -197,9 +246,16 @@ class TokenDataModule(L.LightningDataModule):
             self.splits = {s: None for s in SPLITS}
             self.streamed("train")  # fail here (offline, bad name), where train.py reports it in one line
             return
-        self.meta, self.splits = open_store(self.dir)
+        try:
+            self.meta, self.splits = open_store(self.dir)
+        except DamagedStore as e:
+            raise self.damaged(e) from None
+        self.check_lengths({name: len(self.splits[name]) for name in SPLITS})
+
+    def check_lengths(self, lengths: dict[str, int]) -> None:
+        """Every split can be cut into windows (a test split may be empty); else a one-line DataError."""
         for name in SPLITS:
-            size = len(self.splits[name])
+            size = lengths[name]
             if name == "test" and size == 0:
                 continue  # a source may have no test split
             if self.kind == "stream" and size < self.seq_len:
@@ -212,8 +268,6 @@ class TokenDataModule(L.LightningDataModule):
         """Unigram entropy of a stream's training split (bits per token): the bar a model must beat."""
         if self.streaming or self.kind != "stream":
             return None
-        from .text import unigram_entropy
-
         return unigram_entropy(self.splits["train"].all())
 
     # ---- loaders
@@ -259,7 +313,7 @@ class TokenDataModule(L.LightningDataModule):
         if self.kind == "items":
             ds = ItemDataset(self.splits[split], limit)
         else:
-            ds = EvalWindows(self.splits[split], self.seq_len, limit)
+            ds = ContextWindows(self.splits[split], self.seq_len, limit=limit)
         rank, world, _ = self._rank()
         if world > 1:  # each window scored once, on one rank (metrics are summed over ranks)
             ds = RankShard(ds, rank, world, even=False)
@@ -279,9 +333,6 @@ class TokenDataModule(L.LightningDataModule):
     local_hint = "local files"
 
     def streamed(self, split: str, rank: int = 0, world: int = 1, epoch: int = 0, limit: int | None = None):
-        from . import hub
-        from .streaming import StreamedWindows, shard
-
         d = self.cfg.data
         if getattr(self, "_stream", None) is None:
             self._stream = hub.load(d.source, streaming=True, local_hint=self.local_hint)

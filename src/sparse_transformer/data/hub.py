@@ -1,5 +1,7 @@
 """Loading through Hugging Face ``datasets``: hub names, saved or parquet folders, and the one-line
-errors when the hub cannot be reached (this machine and the GPU machine are offline)."""
+errors when the hub cannot be reached (this machine and the GPU machine are offline).
+
+``datasets`` is imported inside ``load``: it is heavy, and the GPU machine's raw stores need none of it."""
 
 from __future__ import annotations
 

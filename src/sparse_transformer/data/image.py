@@ -16,6 +16,8 @@ modes are converted to C channels.
 Splits: the source's ``data.test_split`` is the test set and its ``validation`` split the
 validation set; what is missing is held out of the train split by a fixed permutation:
 ``data.val_size`` images for validation (cifar10: 2,000 of 50,000), else ``data.splits`` fractions.
+
+``datasets`` is imported where hub or folder datasets are read (heavy; idx files need none of it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from . import hub
@@ -39,8 +42,6 @@ MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 def decode_image(data: bytes | None, path: str | None, shape, name: str) -> np.ndarray:
     """One image's bytes (or file) -> (H*W*C,) uint8 in raster order, channels interleaved."""
-    from PIL import Image
-
     H, W, C = (int(x) for x in shape)
     try:
         im = Image.open(io.BytesIO(data) if data is not None else path)

@@ -8,10 +8,13 @@ chorales carry no tempo marks). Two renderers (``data.synth``):
 - ``simple``: this module's additive synthesizer (four organ-like harmonics, attack/release
   envelope), numpy only: what runs where FluidSynth is not installed.
 ``auto`` takes FluidSynth when the program and a soundfont are found.
+
+``music21`` is optional (``make data-deps``) and slow to import: it is imported where scores are read.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import shutil
 import struct
@@ -24,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..media import mulaw_encode
+from .decode import read_wav
 from .store import DataError
 
 BPM = 80  # quarter notes per minute: not in the scores; a common chorale tempo (chosen)
@@ -121,8 +125,6 @@ def write_midi(notes: np.ndarray, path: str | Path, bpm: float = BPM, program: i
 
 
 def fluidsynth_render(notes: np.ndarray, sr: int) -> np.ndarray:
-    from .audio import read_wav
-
     with tempfile.TemporaryDirectory() as tmp:
         mid, wav = Path(tmp) / "in.mid", Path(tmp) / "out.wav"
         write_midi(notes, mid)
@@ -159,8 +161,6 @@ class Renderer:
 
     def __enter__(self) -> "Renderer":
         if self.workers > 1:
-            import multiprocessing as mp
-
             self.pool = mp.get_context("spawn").Pool(self.workers)  # spawn: no forked copies of torch/Lightning state
         return self
 

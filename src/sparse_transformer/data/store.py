@@ -6,30 +6,114 @@ Two formats, told apart by the folder's ``sparse_transformer.json``:
 - ``raw``: one flat ``<split>.u8`` file per split, read with numpy alone. For machines that have
   torch but not ``datasets``/pyarrow (the GPU machine): carry a capped raw folder there.
 
-Every write goes to a temporary folder beside the target that is renamed into place only when
-complete, so an interrupted or failed preparation (a corrupt file, Ctrl-C) leaves nothing behind.
+A folder is written into a temporary beside it and renamed into place only when complete
+(``files.atomic_folder``), so an interrupted or failed preparation leaves nothing behind; the
+temporaries of a preparation that was killed outright are removed by the next one. The folder's
+``sparse_transformer.json`` records each split's length and every file's size and SHA-256.
+``open_store`` checks the sizes (cheap: ``stat`` only); ``verify_store`` checks the sums. A folder
+that fails either raises ``DamagedStore``, one line naming the file.
+
+``datasets`` is imported inside the functions that need it: the raw format must work without it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-import tempfile
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_folder, write_json
+
 ROW = 1 << 16  # tokens per stored row of a stream
 META = "sparse_transformer.json"
+OWNER = ".owner.json"  # inside a temporary folder while it is being written: which process writes it
 SPLITS = ("train", "validation", "test")
 FORMATS = ("arrow", "raw")
+KINDS = ("stream", "items")
+STALE_SECONDS = 3600  # a temporary whose writer cannot be asked is stale after an hour without a write
 
 
 class DataError(ValueError):
     """Bad data (file, record, size); the message names it and says what would be right."""
 
 
+class DamagedStore(DataError):
+    """A prepared folder whose files are not what it recorded; ``file`` names the first that is not."""
+
+    def __init__(self, file: str | Path, what: str):
+        self.file, self.what = Path(file), what
+        super().__init__(f"{file} is damaged: {what}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Temporaries of killed preparations
+# ------------------------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(tmp: Path) -> bool:
+    """A temporary of a writer that is gone: its process (this host) has ended; or, where it cannot be
+    asked (another host, no owner file), nothing in it was written for ``STALE_SECONDS``."""
+    try:
+        owner = json.loads((tmp / OWNER).read_text())
+        if owner.get("host") == socket.gethostname():
+            return not _alive(int(owner["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    newest = max((p.lstat().st_mtime for p in [tmp, *tmp.rglob("*")]), default=0.0)
+    return time.time() - newest > STALE_SECONDS
+
+
+def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary folders that killed preparations of ``out_dir`` left beside it
+    (``.<name>.*``); a preparation still running (here, or recently elsewhere) keeps its own."""
+    out_dir = Path(out_dir)
+    removed = []
+    if out_dir.parent.is_dir():
+        for tmp in out_dir.parent.glob(f".{out_dir.name}.*"):
+            if tmp.is_dir() and not tmp.is_symlink() and _is_stale(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------
+# Checksums
+# ------------------------------------------------------------------------------------------------
+def sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_records(folder: Path) -> dict[str, dict]:
+    """{relative path: {bytes, sha256}} of every file of a prepared folder but its meta file."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel not in (META, OWNER):
+            out[rel] = {"bytes": p.stat().st_size, "sha256": sha256(p)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
 class StoreWriter:
     """Write a prepared folder split by split, atomically::
 
@@ -40,10 +124,11 @@ class StoreWriter:
 
     Arrow rows go through ``datasets``' ``ArrowWriter`` chunk by chunk (not ``Dataset.from_dict``),
     so a corpus larger than memory can be written; the finished files become a DatasetDict.
+    An existing folder is replaced only when the new one is complete.
     """
 
     def __init__(self, out_dir: str | Path, kind: str, meta: dict, fmt: str = "arrow", item_len: int | None = None):
-        if kind not in ("stream", "items") or fmt not in FORMATS:
+        if kind not in KINDS or fmt not in FORMATS:
             raise ValueError(f"kind={kind!r} fmt={fmt!r}")
         if kind == "items" and not item_len:
             raise ValueError("items need item_len")
@@ -53,8 +138,11 @@ class StoreWriter:
         self._writers: dict = {}
 
     def __enter__(self) -> "StoreWriter":
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
+        self._made = [p for p in [self.out_dir.parent, *self.out_dir.parent.parents] if not p.exists()]
+        remove_stale_temporaries(self.out_dir)
+        self._folder = atomic_folder(self.out_dir, replace=True)
+        self.tmp = self._folder.__enter__()
+        write_json(self.tmp / OWNER, {"pid": os.getpid(), "host": socket.gethostname()})
         return self
 
     def _writer(self, split: str):
@@ -62,13 +150,8 @@ class StoreWriter:
             if self.fmt == "raw":
                 self._writers[split] = open(self.tmp / f"{split}.u8", "wb")
             else:
-                import datasets
-                from datasets.arrow_writer import ArrowWriter
-
-                length = self.item_len if self.kind == "items" else None
-                feats = datasets.Features({"tokens": datasets.Sequence(datasets.Value("uint8"), length=length or -1)})
-                (self.tmp / "build").mkdir(exist_ok=True)
-                self._writers[split] = ArrowWriter(features=feats, path=str(self.tmp / "build" / f"{split}.arrow"))
+                self._writers[split] = _arrow_writer(self.tmp / "build" / f"{split}.arrow", self.item_len
+                                                     if self.kind == "items" else None)
         return self._writers[split]
 
     def _rows(self, split: str, rows: list[np.ndarray]) -> None:
@@ -108,44 +191,72 @@ class StoreWriter:
                     self._rows(split, [rest])
             self._writer(split)  # every split exists, even if empty
         if self.fmt == "arrow":
-            import datasets
-
             for w in self._writers.values():
                 w.finalize()
                 w.close()
-            dd = datasets.DatasetDict({s: datasets.Dataset.from_file(str(self.tmp / "build" / f"{s}.arrow")) for s in SPLITS})
-            was_on = datasets.is_progress_bar_enabled()
-            datasets.disable_progress_bars()  # a copy of what was just written: our own bar already showed it
-            try:  # num_shards=1: datasets writes an empty split as zero shards, which load_from_disk rejects
-                dd.save_to_disk(str(self.tmp / "dataset"), num_shards={s: 1 for s in SPLITS})
-            finally:
-                if was_on:
-                    datasets.enable_progress_bars()
-            del dd
-            shutil.rmtree(self.tmp / "build")
+            _save_dataset_dict(self.tmp)
         else:
             for f in self._writers.values():
                 f.close()
+        (self.tmp / OWNER).unlink()
         info = {**self.meta, "kind": self.kind, "format": self.fmt, "lengths": self.lengths}
         info["row" if self.kind == "stream" else "item_len"] = ROW if self.kind == "stream" else self.item_len
-        (self.tmp / META).write_text(json.dumps(info, indent=1))
+        info["files"] = file_records(self.tmp)
+        write_json(self.tmp / META, info)
+
+    def _close_writers(self) -> None:
+        for w in self._writers.values():
+            try:
+                w.close()
+            except Exception:  # closing after a failure: the first error is the one to report
+                pass
 
     def __exit__(self, typ, exc, tb) -> bool:
-        try:
-            if typ is None:
+        failed = None  # an error of _finish itself, raised after the clean-up
+        if typ is None:
+            try:
                 self._finish()
-                if self.out_dir.exists():
-                    shutil.rmtree(self.out_dir)
-                os.replace(self.tmp, self.out_dir)
+            except BaseException as e:
+                failed, typ, exc, tb = e, type(e), e, e.__traceback__
+        if typ is not None:
+            self._close_writers()
+        try:
+            self._folder.__exit__(typ, exc, tb)  # renames into place, or removes the temporary
         finally:
-            if self.tmp.exists():  # failed, interrupted, or _finish raised: leave nothing half-written
-                for w in self._writers.values():
+            if typ is not None:
+                for p in self._made:  # folders made for this store only (an empty cache_dir): not left either
                     try:
-                        w.close()
-                    except Exception:
-                        pass
-                shutil.rmtree(self.tmp, ignore_errors=True)
+                        p.rmdir()
+                    except OSError:
+                        break
+        if failed is not None:
+            raise failed
         return False
+
+
+def _arrow_writer(path: Path, length: int | None):
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    feats = datasets.Features({"tokens": datasets.Sequence(datasets.Value("uint8"), length=length or -1)})
+    path.parent.mkdir(exist_ok=True)
+    return ArrowWriter(features=feats, path=str(path))
+
+
+def _save_dataset_dict(tmp: Path) -> None:
+    """``tmp/build/<split>.arrow`` -> ``tmp/dataset`` (a DatasetDict), then the build files go."""
+    import datasets
+
+    dd = datasets.DatasetDict({s: datasets.Dataset.from_file(str(tmp / "build" / f"{s}.arrow")) for s in SPLITS})
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a copy of what was just written: our own bar already showed it
+    try:  # num_shards=1: datasets writes an empty split as zero shards, which load_from_disk rejects
+        dd.save_to_disk(str(tmp / "dataset"), num_shards={s: 1 for s in SPLITS})
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+    del dd
+    shutil.rmtree(tmp / "build")
 
 
 def write_streams(out_dir: str | Path, splits: dict[str, np.ndarray], meta: dict, fmt: str = "arrow") -> Path:
@@ -165,18 +276,95 @@ def write_items(out_dir: str | Path, splits: dict[str, np.ndarray], meta: dict, 
     return Path(out_dir)
 
 
-def is_prepared(path: str | Path, fmt: str | None = None) -> bool:
-    p = Path(path)
-    if not (p / META).exists():
-        return False
-    f = read_meta(p).get("format", "arrow")
-    return (fmt is None or f == fmt) and ((p / "dataset").exists() if f == "arrow" else True)
+# ------------------------------------------------------------------------------------------------
+# The record of a folder, and its checks
+# ------------------------------------------------------------------------------------------------
+def _meta_problem(meta) -> str | None:
+    """What is wrong with a meta file's contents (None: nothing)."""
+    if not isinstance(meta, dict):
+        return "it is not a JSON mapping"
+    if meta.get("kind") not in KINDS or meta.get("format", "arrow") not in FORMATS:
+        return f"kind={meta.get('kind')!r} format={meta.get('format')!r} (valid: {'/'.join(KINDS)}, {'/'.join(FORMATS)})"
+    lengths = meta.get("lengths")
+    if not isinstance(lengths, dict) or sorted(lengths) != sorted(SPLITS) or \
+            not all(type(v) is int and v >= 0 for v in lengths.values()):
+        return f"lengths={lengths!r} (valid: a count for each of {', '.join(SPLITS)})"
+    size_key = "row" if meta["kind"] == "stream" else "item_len"
+    if (meta["kind"] == "items" or meta.get("format", "arrow") == "arrow") and \
+            not (type(meta.get(size_key)) is int and meta[size_key] >= 1):
+        return f"{size_key}={meta.get(size_key)!r} (valid: a positive count)"
+    files = meta.get("files", {})
+    for rel, rec in (files.items() if isinstance(files, dict) else [(None, None)]):
+        p = Path(str(rel))
+        if rel is None or p.is_absolute() or ".." in p.parts or not isinstance(rec, dict) or \
+                type(rec.get("bytes")) is not int or not isinstance(rec.get("sha256"), str):
+            return f"its file list has {rel!r}: {rec!r} (valid: relative paths with bytes and sha256)"
+    return None
 
 
 def read_meta(path: str | Path) -> dict:
-    return json.loads((Path(path) / META).read_text())
+    """The folder's record; DamagedStore if it is missing or not what a preparation writes."""
+    f = Path(path) / META
+    try:
+        meta = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise DamagedStore(f, "it is missing (every prepared folder has one)") from None
+    except (OSError, ValueError) as e:
+        raise DamagedStore(f, f"it is not readable JSON ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise DamagedStore(f, problem)
+    return meta
 
 
+def is_prepared(path: str | Path, fmt: str | None = None) -> bool:
+    """A prepared folder of format ``fmt`` (any, if None) exists at ``path``. DamagedStore if a folder
+    is there but its record is missing or garbled."""
+    p = Path(path)
+    if not p.exists():
+        return False
+    return fmt is None or read_meta(p).get("format", "arrow") == fmt
+
+
+def _expected_sizes(meta: dict) -> dict[str, int]:
+    """Sizes that follow from the lengths alone (raw files): what a store from before file lists is checked by."""
+    if meta.get("format", "arrow") != "raw":
+        return {}
+    per = meta.get("item_len", 1) if meta["kind"] == "items" else 1
+    return {f"{s}.u8": n * per for s, n in meta["lengths"].items()}
+
+
+def check_sizes(path: str | Path, meta: dict) -> None:
+    """Every recorded file is there with its recorded size (``stat`` only); DamagedStore names the first that is not."""
+    path = Path(path)
+    recorded = [(rel, rec["bytes"]) for rel, rec in meta.get("files", {}).items()]
+    for rel, size in recorded + list(_expected_sizes(meta).items()):
+        f = path / rel
+        try:
+            have = f.stat().st_size
+        except FileNotFoundError:
+            raise DamagedStore(f, "it is missing") from None
+        if have != size:
+            raise DamagedStore(f, f"it has {have:,} bytes, but {size:,} were written when it was prepared")
+
+
+def verify_store(path: str | Path) -> dict:
+    """Check every file's SHA-256 against the record (reads everything); return {files, bytes}."""
+    path = Path(path)
+    meta = read_meta(path)
+    check_sizes(path, meta)
+    files = meta.get("files")
+    if not files:
+        raise DamagedStore(path / META, "it records no checksums to verify (prepared by an older version)")
+    for rel, rec in files.items():
+        if sha256(path / rel) != rec["sha256"]:
+            raise DamagedStore(path / rel, "its SHA-256 differs from the one recorded when it was prepared")
+    return {"files": len(files), "bytes": sum(r["bytes"] for r in files.values())}
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
 def _values(col) -> np.ndarray:
     """The uint8 values of an Arrow list column (zero-copy where possible). Arrow rather than
     datasets' numpy format, which widens every integer to int64."""
@@ -244,19 +432,34 @@ class RawItems(TokenItems):
         return np.asarray(self.mm[int(i)])
 
 
+def _open_arrow(path: Path, meta: dict) -> dict:
+    import datasets
+
+    try:
+        dd = datasets.load_from_disk(str(path / "dataset"))
+    except Exception as e:  # whatever datasets raises for a garbled file: the folder is damaged
+        raise DamagedStore(path / "dataset", f"datasets could not load it ({type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0][:100]})") from None
+    L = meta["lengths"]
+    for k in SPLITS:
+        rows = len(dd[k]) if k in dd else None
+        want = L[k] if meta["kind"] == "items" else max(1, -(-L[k] // meta["row"]))
+        if rows != want:
+            raise DamagedStore(path / "dataset" / k, f"it holds {rows} rows, but {want} were written")
+    if meta["kind"] == "stream":
+        return {k: TokenStream(dd[k], L[k], meta["row"]) for k in SPLITS}
+    return {k: TokenItems(dd[k]) for k in SPLITS}
+
+
 def open_store(path: str | Path) -> tuple[dict, dict]:
-    """(meta, {split: TokenStream | TokenItems}) of a prepared folder, in either format."""
+    """(meta, {split: TokenStream | TokenItems}) of a prepared folder, in either format, after the
+    cheap checks (the record, every file's size); DamagedStore names what is wrong."""
     path = Path(path)
     meta = read_meta(path)
+    check_sizes(path, meta)
     if meta.get("format", "arrow") == "raw":
         L = meta["lengths"]
         if meta["kind"] == "stream":
-            return meta, {k: RawStream(path / f"{k}.u8", L[k]) for k in L}
-        return meta, {k: RawItems(path / f"{k}.u8", L[k], meta["item_len"]) for k in L}
-    import datasets
-
-    dd = datasets.load_from_disk(str(path / "dataset"))
-    if meta["kind"] == "stream":
-        return meta, {k: TokenStream(dd[k], meta["lengths"][k], meta["row"]) for k in dd}
-    return meta, {k: TokenItems(dd[k]) for k in dd}
-
+            return meta, {k: RawStream(path / f"{k}.u8", L[k]) for k in SPLITS}
+        return meta, {k: RawItems(path / f"{k}.u8", L[k], meta["item_len"]) for k in SPLITS}
+    return meta, _open_arrow(path, meta)

@@ -5,6 +5,8 @@ per rank with ``datasets.distributed.split_dataset_by_node`` (and per DataLoader
 Streams (text, audio) are concatenated and cut into non-overlapping windows of seq_len; items
 (images) are one window each. Evaluation scores whole windows only, at most ``limit`` of them
 per worker.
+
+``datasets`` is imported inside ``shard``: heavy, and only streamed runs need it here.
 """
 
 from __future__ import annotations

@@ -20,15 +20,14 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pydoc_data.topics as topics
 
 from . import hub
-from .base import TokenDataModule
+from .base import TokenDataModule, unigram_entropy  # noqa: F401  (unigram_entropy: also its old import path)
 from .store import SPLITS, DataError, StoreWriter
 
 
 def pydoc_corpus() -> bytes:
-    import pydoc_data.topics as topics
-
     return "\n\n".join(topics.topics[k] for k in sorted(topics.topics)).encode("utf-8")
 
 
@@ -97,13 +96,6 @@ def text_splits(dd: dict, source: str) -> dict[str, bytes] | bytes:
 def split_stream(data: np.ndarray, fractions) -> dict[str, np.ndarray]:
     a, b, c = (int(round(f * len(data))) for f in fractions)
     return {"train": data[:a], "validation": data[a : a + b], "test": data[a + b : a + b + c]}
-
-
-def unigram_entropy(tokens: np.ndarray, vocab: int = 256) -> float:
-    """Bits per token of the empirical unigram distribution."""
-    counts = np.bincount(tokens, minlength=vocab).astype(np.float64)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
 
 
 class TextDataModule(TokenDataModule):
