@@ -41,9 +41,9 @@ def test_context_windows_score_every_token_once_with_enough_context(length, n, C
 
 
 def test_context_windows_refuse_impossible_contexts():
-    from sparse_transformer.config import ConfigError
+    from sparse_transformer.data.store import DataError
 
-    with pytest.raises(ConfigError, match="min_context=64 must be in 0..63"):
+    with pytest.raises(DataError, match="min_context=64 must be in 0..63"):
         ContextWindows(Stream(1000), 64, 64)
 
 

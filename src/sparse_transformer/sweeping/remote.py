@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..callbacks.wandb_mode import wandb_mode
+from ..training.callbacks.wandb_mode import wandb_mode
 from ..config import load_config
 from .spec import SweepError, command_exp, load_sweep
 

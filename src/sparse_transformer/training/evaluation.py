@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .. import data
 from ..config.schema import ConfigError
 from ..data.store import DataError
+from ..data.windows import ContextWindows
 
 LN2 = math.log(2.0)
 
@@ -40,41 +41,6 @@ def bits_per_dim(nats, count):
 # ------------------------------------------------------------------------------------------------
 # Windows of a split
 # ------------------------------------------------------------------------------------------------
-class ContextWindows:
-    """Windows of n tokens over a stream, overlapping so that each scored token sees >= C context.
-
-    Window k starts at k·(n - C) and scores its last n - C positions (the first window scores all
-    of its n); a final window ends at the stream's end and scores only tokens not scored before.
-    With C = 0 these are the DataModules' evaluation windows (``data.windows.EvalWindows``).
-    """
-
-    def __init__(self, stream, n: int, min_context: int):
-        if not 0 <= min_context < n:
-            raise ConfigError(f"eval.min_context={min_context} must be in 0..{n - 1} (below the model's sequence length n={n})")
-        if len(stream) < n:
-            raise ConfigError(f"the split has {len(stream)} tokens, fewer than the model's sequence length {n}")
-        self.stream, self.n, self.C = stream, n, min_context
-        step = n - min_context
-        self.starts = list(range(0, len(stream) - n + 1, step))
-        if self.starts[-1] + n < len(stream):
-            self.starts.append(len(stream) - n)
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def scored_from(self, k: int) -> int:
-        """The first position of window k that it scores."""
-        if k == 0:
-            return 0
-        return self.starts[k - 1] + self.n - self.starts[k]  # right after the previous window's end
-
-    def __getitem__(self, k: int):
-        x = torch.from_numpy(self.stream.read(self.starts[k], self.n).astype(np.int64))
-        mask = torch.zeros(self.n, dtype=torch.bool)
-        mask[self.scored_from(k) :] = True
-        return x, mask
-
-
 def split_dataset(cfg, split: str, purpose: str):
     """The DataModule's windows dataset of ``split`` (test or validation) for ``cfg``'s data;
     ConfigError (``<purpose> needs the checkpoint's <split> data: ...``) where there is none."""
@@ -92,8 +58,8 @@ def evaluation_windows(cfg, split: str, min_context: int):
     """The windows dataset of the split: the DataModule's own, or ContextWindows over its stream."""
     ds = split_dataset(cfg, split, "evaluation")
     if split == "validation" and getattr(ds, "count", None) is not None:  # the whole split, not data.val_windows
-        if hasattr(ds, "stream"):
-            ds.count = math.ceil(len(ds.stream) / ds.n)
+        if hasattr(ds, "starts"):
+            ds.count = len(ds.starts)
         elif hasattr(ds, "items"):
             ds.count = len(ds.items)
     if min_context == 0:
@@ -102,7 +68,10 @@ def evaluation_windows(cfg, split: str, min_context: int):
     if stream is None or not hasattr(stream, "read"):
         raise ConfigError(f"eval.min_context applies to token streams (text, audio); this {cfg.data.modality} "
                           f"split holds separate examples, each scored whole: drop eval.min_context")
-    return ContextWindows(stream, cfg.data.seq_len, min_context)
+    try:
+        return ContextWindows(stream, cfg.data.seq_len, min_context)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
 
 
 def split_examples(cfg, count: int, seed: int, split: str = "test") -> np.ndarray:
