@@ -48,6 +48,19 @@ def _rows(X, base, pos, stride, d, valid):
 
 
 @triton.jit
+def _kv(K, V, kb, vb, pos, skn, svn, valid, DQK: tl.constexpr, DV: tl.constexpr):
+    """Rows ``pos`` of two (B, n, H, d) tensors at head offsets kb, vb: K and V, or Q and dO."""
+    return _rows(K, kb, pos, skn, tl.arange(0, DQK), valid), _rows(V, vb, pos, svn, tl.arange(0, DV), valid)
+
+
+@triton.jit
+def _seq_at(t0, r, RS, len_r, BLOCK: tl.constexpr):
+    """Rows t0 .. t0 + BLOCK of problem r: (t, their positions int64, which exist)."""
+    t = t0 + tl.arange(0, BLOCK)
+    return t, (r + t * RS).to(tl.int64), t < len_r
+
+
+@triton.jit
 def _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE: tl.constexpr):
     """One key tile of the online softmax (base 2, fp32). A row with no allowed key so far keeps
     m = -inf and l = 0 (its shift is 0, so no inf - inf)."""
@@ -133,19 +146,15 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     t0 = tile * BM
     if t0 >= len_r:
         return
-    t = t0 + tl.arange(0, BM)
-    pos = (r + t * RS).to(tl.int64)
-    valid = t < len_r
+    t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
     dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
     q = _rows(Q, b * sqb + h * sqh, pos, sqn, dq, valid)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
     for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
-        tk = s0 + tl.arange(0, BN)
-        kpos = (r + tk * RS).to(tl.int64)
-        k = _rows(K, b * skb + h * skh, kpos, skn, dq, tk < len_r)
-        v = _rows(V, b * svb + h * svh, kpos, svn, dv, tk < len_r)
+        tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
         m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, len_r, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
     o, lse = _finish(acc, m_i, l_i)
     optr = O + b * sob + h * soh + pos[:, None] * son + dv[None, :]
@@ -177,12 +186,9 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     t0 = tile * BM
     if t0 >= len_r:
         return
-    t = t0 + tl.arange(0, BM)
-    pos = (r + t * RS).to(tl.int64)
-    valid = t < len_r
+    t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
     dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    q = _rows(Q, b * sqb + h * sqh, pos, sqn, dq_, valid)
-    do = _rows(DO, b * sdob + h * sdoh, pos, sdon, dv_, valid)
+    q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
     row = (b * H + h) * n + pos
     lse2, delta = _row_stats(LSE, DELTA, row, valid, not ACCUM)
     if not ACCUM:  # Δ from registers: reading back what other threads of this program just stored would race
@@ -191,10 +197,8 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
         tl.store(DELTA + row, delta, mask=valid)
     acc = tl.zeros([BM, DQK], tl.float32)
     for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
-        tk = s0 + tl.arange(0, BN)
-        kpos = (r + tk * RS).to(tl.int64)
-        k = _rows(K, b * skb + h * skh, kpos, skn, dq_, tk < len_r)
-        v = _rows(V, b * svb + h * svh, kpos, svn, dv_, tk < len_r)
+        tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
         acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, IEEE)
     acc = acc * scale
     dqptr = DQ + b * sdqb + h * sdqh + pos[:, None] * sdqn + dq_[None, :]
@@ -219,16 +223,12 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
     kvalid = tk < len_r
     kpos = (r + tk * RS).to(tl.int64)
     dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    k = _rows(K, b * skb + h * skh, kpos, skn, dq_, kvalid)
-    v = _rows(V, b * svb + h * svh, kpos, svn, dv_, kvalid)
+    k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kvalid, DQK, DV)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
     for t0 in range((s0 + EXCL) // BM * BM, tl.minimum(s0 + BN - 1 + W, len_r), BM):
-        t = t0 + tl.arange(0, BM)
-        valid = t < len_r
-        pos = (r + t * RS).to(tl.int64)
-        q = _rows(Q, b * sqb + h * sqh, pos, sqn, dq_, valid)
-        do = _rows(DO, b * sdob + h * sdoh, pos, sdon, dv_, valid)
+        t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
+        q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
         allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
         ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
@@ -257,6 +257,13 @@ def _fixed_problem(pid, NT, Hg, H0, S, L, C):
 
 
 @triton.jit
+def _fixed_at(i0, n, BLOCK: tl.constexpr):
+    """Rows i0 .. i0 + BLOCK: (i, i int64, which exist, the last that exists)."""
+    i = i0 + tl.arange(0, BLOCK)
+    return i, i.to(tl.int64), i < n, tl.minimum(i0 + BLOCK, n) - 1
+
+
+@triton.jit
 def _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK: tl.constexpr):
     """Own-block keys of query i: all j <= i of the block, or only its summary cells."""
     m = (j[None, :] <= i[:, None]) & (j[None, :] // L == i[:, None] // L) & (j[None, :] < n)
@@ -282,10 +289,7 @@ def _fixed_fwd(Q, K, V, O, LSE, H0, S,
                DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
     i0 = tile * BM
-    i = i0 + tl.arange(0, BM)
-    valid = i < n
-    i64 = i.to(tl.int64)
-    i_last = tl.minimum(i0 + BM, n) - 1
+    i, i64, valid, i_last = _fixed_at(i0, n, BM)
     dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
     q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq, valid)
     m_i = tl.full([BM], float("-inf"), tl.float32)
@@ -295,14 +299,12 @@ def _fixed_fwd(Q, K, V, O, LSE, H0, S,
         g_hi = (i_last // L) * C
         for g0 in range(0, g_hi, BN):
             kb, kpos, gvalid = _summary_keys(g0, g_hi, L, C, off, BN)
-            k = _rows(K, b * skb + h * skh, kpos, skn, dq, gvalid)
-            v = _rows(V, b * svb + h * svh, kpos, svn, dv, gvalid)
+            k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, gvalid, DQK, DV)
             allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
             m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
     for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):  # the own block, causal
         j = j0 + tl.arange(0, BN)
-        k = _rows(K, b * skb + h * skh, j.to(tl.int64), skn, dq, j < n)
-        v = _rows(V, b * svb + h * svh, j.to(tl.int64), svn, dv, j < n)
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, j.to(tl.int64), skn, svn, j < n, DQK, DV)
         allowed = _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK)
         m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
     o, lse = _finish(acc, m_i, l_i)
@@ -320,13 +322,9 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
     """dq (both loops of the forward); also computes and stores Δ = rowsum(dO·O)."""
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
     i0 = tile * BM
-    i = i0 + tl.arange(0, BM)
-    valid = i < n
-    i64 = i.to(tl.int64)
-    i_last = tl.minimum(i0 + BM, n) - 1
+    i, i64, valid, i_last = _fixed_at(i0, n, BM)
     dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq_, valid)
-    do = _rows(DO, b * sdob + h * sdoh, i64, sdon, dv_, valid)
+    q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, i64, sqn, sdon, valid, DQK, DV)
     o = _rows(O, b * sob + h * soh, i64, son, dv_, valid)
     row = (b * H + h) * n + i64
     lse2, _d = _row_stats(LSE, DELTA, row, valid, True)
@@ -337,14 +335,12 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
         g_hi = (i_last // L) * C
         for g0 in range(0, g_hi, BN):
             kb, kpos, gvalid = _summary_keys(g0, g_hi, L, C, off, BN)
-            k = _rows(K, b * skb + h * skh, kpos, skn, dq_, gvalid)
-            v = _rows(V, b * svb + h * svh, kpos, svn, dv_, gvalid)
+            k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, gvalid, DQK, DV)
             allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
             acc += _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, IEEE)
     for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):
         j = j0 + tl.arange(0, BN)
-        k = _rows(K, b * skb + h * skh, j.to(tl.int64), skn, dq_, j < n)
-        v = _rows(V, b * svb + h * svh, j.to(tl.int64), svn, dv_, j < n)
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, j.to(tl.int64), skn, svn, j < n, DQK, DV)
         acc += _dq_step(q, do, k, v, _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK), lse2, delta, scale_log2e, IEEE)
     tl.store(DQ + b * sdqb + h * sdqh + i64[:, None] * sdqn + dq_[None, :], (acc * scale).to(DQ.dtype.element_ty),
              mask=valid[:, None])
@@ -364,8 +360,7 @@ def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
     jvalid = j < n
     j64 = j.to(tl.int64)
     dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    k = _rows(K, b * skb + h * skh, j64, skn, dq_, jvalid)
-    v = _rows(V, b * svb + h * svh, j64, svn, dv_, jvalid)
+    k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, j64, skn, svn, jvalid, DQK, DV)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
     j_last = tl.minimum(j0 + BN, n) - 1
@@ -373,8 +368,7 @@ def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
         i = i0 + tl.arange(0, BM)
         valid = i < n
         i64 = i.to(tl.int64)
-        q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq_, valid)
-        do = _rows(DO, b * sdob + h * sdoh, i64, sdon, dv_, valid)
+        q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, i64, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + i64, valid)
         allowed_t = tl.trans(_fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK)) & valid[None, :]
         ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
@@ -396,8 +390,7 @@ def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(G, BN), Hg, H0, S, L, C)
     kb, kpos, gvalid = _summary_keys(tile * BN, G, L, C, off, BN)
     dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    k = _rows(K, b * skb + h * skh, kpos, skn, dq_, gvalid)
-    v = _rows(V, b * svb + h * svh, kpos, svn, dv_, gvalid)
+    k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, gvalid, DQK, DV)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
     first = ((tile * BN) // C + 1) * L  # the block after the tile's first summary cell
@@ -405,8 +398,7 @@ def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
         i = i0 + tl.arange(0, BM)
         valid = i < n
         i64 = i.to(tl.int64)
-        q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq_, valid)
-        do = _rows(DO, b * sdob + h * sdoh, i64, sdon, dv_, valid)
+        q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, i64, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + i64, valid)
         allowed_t = (kb[:, None] < (i // L)[None, :]) & gvalid[:, None] & valid[None, :]
         ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
