@@ -41,6 +41,12 @@ def remove_stale(path: Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
+def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace(src, dst)`` (same filesystem: atomic), the rename made durable (folder fsynced)."""
+    os.replace(src, dst)
+    _fsync_dir(Path(dst).parent)
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """``with atomic_file(p, "wb") as f: ...``: ``p`` appears, complete, only if the block succeeds."""
@@ -91,3 +97,25 @@ def atomic_folder(out: str | os.PathLike, replace: bool = False) -> Iterator[Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(out.parent)
+
+
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """Why a folder could not be made or written at ``path``, as the end of a sentence that starts
+    with the path (None: it can). Checks a file in the way, a file above it, and (by creating and
+    removing a probe file in the nearest existing folder: ``os.access`` says yes to root on read-only
+    mounts) permission. Leaves nothing behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "is a file, not a folder"
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"is under {existing}, which is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+    except OSError as e:
+        return f"cannot be written ({existing}: {e.strerror or type(e).__name__})"
+    os.close(fd)
+    os.unlink(probe)
+    return None

@@ -170,7 +170,7 @@ TRAIN = [
     T("interp-missing", ["exp=bad"], "nonexistent.key", setup=experiment("optim:\n  lr: ${nonexistent.key}\n")),
     T("interp-unclosed", ["exp=bad"], "optim.lr", setup=experiment("optim:\n  lr: ${optim.beta1\n")),
     T("interp-env", ["exp=bad"], "ST_NOT_SET_ANYWHERE", setup=experiment("optim:\n  lr: ${oc.env:ST_NOT_SET_ANYWHERE}\n")),
-    T("interp-type", ["exp=bad"], "model.n_layer", setup=experiment("model:\n  n_layer: ${optim.lr}\n")),
+    T("interp-type", ["exp=bad"], "optim.beta1=pydoc", setup=experiment("optim:\n  beta1: ${data.source}\n")),
     T("interp-resolver", ["exp=bad"], "no_such_resolver", setup=experiment("optim:\n  lr: ${no_such_resolver:1}\n")),
     # folders: files, under files, unwritable
     T("run-dir-file", ["run_dir=<file>"], "<file>"),
