@@ -56,17 +56,22 @@ def resume_path(cfg, out: Path, rank0: bool = True) -> str | None:
             raise CheckpointError(f"resume=last: {folder / LAST} does not exist; give run_dir=<a run folder with a "
                                   f"checkpoint> or resume=auto")
         return None
-    problems = [] if kept[0].name == LAST else [f"resume={cfg.resume}: {folder / LAST} is missing"]
+    problems, damaged = ([] if kept[0].name == LAST else [f"resume={cfg.resume}: {folder / LAST} is missing"]), []
     for ckpt in kept:
         try:
             ck = check_resume_checkpoint(cfg, str(ckpt))
             step = ck.get("global_step", "?") if isinstance(ck, dict) else "?"
         except CheckpointError as e:
             problems.append(str(e))
+            damaged.append(ckpt)
             continue
         if problems and rank0:
-            print(f"warning: {'; '.join(problems)}; resuming from the checkpoint kept before it, {ckpt} (step {step})",
-                  file=sys.stderr)
+            # set aside, so that the next saves do not move them down over the good ones
+            for bad in damaged:
+                bad.rename(bad.with_name(bad.name + ".damaged"))
+            aside = f" (set aside as {', '.join(b.name + '.damaged' for b in damaged)})" if damaged else ""
+            print(f"warning: {'; '.join(problems)}{aside}; resuming from the checkpoint kept before it, {ckpt} "
+                  f"(step {step})", file=sys.stderr)
         return str(ckpt)
     if len(problems) == 1:  # the run's one checkpoint: its own message
         raise CheckpointError(problems[0])
@@ -167,7 +172,7 @@ def out_of_memory(e: BaseException, cfg) -> str:
     msg = str(e)
     m = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B|\d+ bytes)", msg)
     asked = f"tried to allocate {m.group(1)}" if m else msg.strip().splitlines()[0][:160] if msg.strip() else "no detail"
-    m2 = re.search(r"(GPU \d+ has a total capacity of [^.]*?of which [\d.]+ ?[KMGT]?i?B is free)", msg)
+    m2 = re.search(r"(GPU \d+ has a total capacity of [\d.]+ ?[KMGT]?i?B of which [\d.]+ ?[KMGT]?i?B is free)", msg)
     d = cfg.data
     return (f"out of memory during training: {asked}" + (f" ({m2.group(1)})" if m2 else "") + f"; reduce "
             f"data.batch_size={d.batch_size} (trainer.accumulate_grad_batches keeps the global batch), set "
