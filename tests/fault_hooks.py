@@ -7,6 +7,9 @@ environment variables (every DDP rank imports it, as the config check imports ``
   (for a SIGKILL, or a SIGTERM, after which the step ends and Lightning stops the run).
 - ``ST_HOOK_TRACE=<folder>``: each rank appends ``{"rank", "step", "sum", "first"}`` of every training
   batch to ``rank<r>.jsonl`` (which windows each rank saw).
+- ``ST_HOOK_STAMP=<stamp>`` and ``ST_HOOK_START_AT=<unix time>``: the clock reads ``<stamp>`` when a
+  run folder is named, and naming waits until that time (processes started together name their
+  folders at once).
 """
 
 from __future__ import annotations
@@ -64,6 +67,24 @@ def _got_sigterm(trainer) -> bool:
     return trainer.received_sigterm or any(getattr(cb, "_sigterm", False) for cb in trainer.callbacks)
 
 
+def _stamped_at_once() -> None:
+    from sparse_transformer.cli import common
+
+    stamp, start = os.environ.get("ST_HOOK_STAMP"), os.environ.get("ST_HOOK_START_AT")
+    if not stamp:
+        return
+    named = common.stamped_folder
+
+    def stamped_folder(base, create=False):
+        if start:
+            time.sleep(max(0.0, float(start) - time.time()))
+        return named(base, create)
+
+    common.time = type("Clock", (), {"strftime": staticmethod(lambda fmt: stamp)})
+    common.stamped_folder = stamped_folder
+
+
+_stamped_at_once()
 SparseTransformerLM._nll = _nll
 SparseTransformerLM.on_train_batch_end = _on_train_batch_end
 torch.set_num_threads(1)

@@ -127,6 +127,46 @@ def stamp(checkpoint: dict) -> None:
     checkpoint[FORMAT_KEY] = FORMAT
 
 
+# ------------------------------------------------------------------------------------------------
+# The checkpoints a run keeps: last.ckpt, then previous.ckpt, previous-2.ckpt, ... (older and older)
+# ------------------------------------------------------------------------------------------------
+LAST = "last.ckpt"
+
+
+def kept_names(keep: int) -> list[str]:
+    """The file names of the ``keep`` newest checkpoints, newest first (training/fault.py rotates them)."""
+    return [LAST] + [f"previous{'' if k == 1 else f'-{k}'}.ckpt" for k in range(1, max(1, keep))]
+
+
+def _previous_index(p: Path) -> int | None:
+    m = re.fullmatch(r"previous(?:-(\d+))?\.ckpt", p.name)
+    return (int(m.group(1)) if m.group(1) else 1) if m else None
+
+
+def kept_checkpoints(folder: str | Path) -> list[Path]:
+    """The run's kept checkpoints in ``folder`` (its checkpoints/) that exist, newest first."""
+    folder = Path(folder)
+    older = sorted((p for p in folder.glob("previous*.ckpt") if _previous_index(p)), key=_previous_index)
+    return ([folder / LAST] if (folder / LAST).is_file() else []) + older
+
+
+def nonfinite(tensors) -> tuple[int, int, str | None]:
+    """(values that are nan or inf, values in all, the name of the first tensor holding one) over the
+    floating-point tensors of ``tensors`` (a name -> tensor dict). One host read per device."""
+    import torch
+
+    counts, total, names = {}, 0, []
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            bad = (~torch.isfinite(t.detach())).sum()
+            counts.setdefault(t.device, []).append(bad)
+            names.append((name, bad))
+            total += t.numel()
+    found = sum(int(torch.stack(c).sum()) for c in counts.values())
+    first = next((n for n, b in names if int(b)), None) if found else None
+    return found, total, first
+
+
 def _first_line(e: Exception) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else ""
@@ -220,6 +260,10 @@ def load_model(ckpt: str, overrides: list[str], *, backend: str = "auto", device
     net = SparseTransformer.from_config(cfg, shape)
     state = upgrade_state({k[4:]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}, net)
     _check_weights(ckpt, state, net.state_dict())
+    bad, total, first = nonfinite(state)
+    if bad:
+        raise ConfigError(f"ckpt={ckpt} holds non-finite weights ({bad:,} of {total:,} values nan or inf, the first in "
+                          f"{first}): what it computes is undefined; use an earlier checkpoint of the run (checkpoints/previous.ckpt)")
     net.load_state_dict({k: v.float() for k, v in state.items()})  # bf16-trained weights: compute in float32
     dev = pick_device(device)
     net.set_backend(backend)

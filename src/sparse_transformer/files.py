@@ -41,6 +41,12 @@ def remove_stale(path: Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
+def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace(src, dst)`` (same filesystem: atomic), the rename made durable (folder fsynced)."""
+    os.replace(src, dst)
+    _fsync_dir(Path(dst).parent)
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """``with atomic_file(p, "wb") as f: ...``: ``p`` appears, complete, only if the block succeeds."""

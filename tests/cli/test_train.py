@@ -97,3 +97,45 @@ def test_a_run_prints_its_config_and_no_noise(tmp_path):
     assert "model:     n_layer=2 " in r.stdout and "Total params" in out
     for noise in ("Tip:", "litlogger", "anonymous", "_pytree", "LeafSpec", "FLOPs", "Total Flops"):
         assert noise not in out, noise
+
+
+@pytest.mark.parametrize("error,asked", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139.80 GiB of "
+                            "which 1.25 GiB is free. Including non-PyTorch memory, this process has 138.5 GiB memory in "
+                            "use. Of the allocated memory 130.1 GiB is allocated by PyTorch, and 6.2 GiB is reserved by "
+                            "PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+                            "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."),
+     "tried to allocate 2.00 GiB (GPU 0 has a total capacity of 139.80 GiB of which 1.25 GiB is free)"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "tried to allocate 4000000000000 bytes"),
+])
+def test_out_of_memory_during_training_is_one_line_naming_the_keys_that_reduce_it(tmp_path, capsys, monkeypatch,
+                                                                                   error, asked):
+    from sparse_transformer.training.module import SparseTransformerLM
+
+    def step(self, batch, batch_idx):
+        raise error
+
+    monkeypatch.setattr(SparseTransformerLM, "training_step", step)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(_args(tmp_path, "trainer.max_steps=3", "callbacks.samples.at_end=false"))
+    err = capsys.readouterr().err.strip().splitlines()
+    text = "\n".join(err)  # (in-process, Lightning's own log handler may hold an earlier test's closed stream)
+    assert e.value.code == 1 and "OutOfMemoryError" not in text and "RuntimeError" not in text, text  # no traceback
+    assert err[-1] == (f"error: out of memory during training: {asked}; reduce data.batch_size=4 "
+                       f"(trainer.accumulate_grad_batches keeps the global batch), set model.recompute=true (now false) "
+                       f"or shorten data.seq_len=64")
+
+
+def test_other_runtime_errors_keep_their_traceback(tmp_path, monkeypatch):
+    """A bug is not bad input: it is not squeezed into one line."""
+    from sparse_transformer.training.module import SparseTransformerLM
+
+    def step(self, batch, batch_idx):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SparseTransformerLM, "training_step", step)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(_args(tmp_path, "trainer.max_steps=3"))

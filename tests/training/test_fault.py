@@ -348,3 +348,126 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path, capsys):
     second = main(_tiny(tmp_path, "resume=auto", "trainer.max_steps=5"))
     assert second["steps"] == 5 and f"resuming from {tmp_path}/run/checkpoints/last.ckpt" in capsys.readouterr().out
     assert sorted(fr.curve(tmp_path / "run")) == [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------------------------------
+# The checkpoints kept before last.ckpt, and resuming past a damaged one
+# ------------------------------------------------------------------------------------------------
+def _steps_kept(folder) -> dict:
+    return {p.name: torch.load(p, weights_only=True)["global_step"] for p in sorted(folder.glob("*.ckpt"))}
+
+
+def test_last_ckpt_moves_down_to_previous_and_the_oldest_is_dropped(tmp_path):
+    folder = tmp_path / "checkpoints"
+    io = AtomicCheckpointIO(keep=3)
+    for step in range(1, 6):
+        io.save_checkpoint({"global_step": step}, folder / "last.ckpt")
+    assert _steps_kept(folder) == {"last.ckpt": 5, "previous.ckpt": 4, "previous-2.ckpt": 3}
+    io.save_checkpoint({"global_step": 5, "again": True}, folder / "last.ckpt")  # SIGTERM, then the end: same step
+    assert _steps_kept(folder) == {"last.ckpt": 5, "previous.ckpt": 4, "previous-2.ckpt": 3}
+    AtomicCheckpointIO(keep=2).save_checkpoint({"global_step": 6}, folder / "last.ckpt")  # a resumed run keeping fewer
+    assert _steps_kept(folder) == {"last.ckpt": 6, "previous.ckpt": 5}
+    AtomicCheckpointIO(keep=2).save_checkpoint({"global_step": 1}, folder / "best.ckpt")  # only last.ckpt moves down
+    AtomicCheckpointIO(keep=2).save_checkpoint({"global_step": 7}, folder / "best.ckpt")
+    assert _steps_kept(folder) == {"best.ckpt": 7, "last.ckpt": 6, "previous.ckpt": 5}
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]  # no temporaries
+
+
+def test_a_run_keeps_last_previous_and_best(tmp_path):
+    from sparse_transformer.cli.train import main
+
+    main(_tiny(tmp_path, "trainer.checkpoint_every_n_steps=2", "trainer.val_check_interval=3", "trainer.max_steps=8"))
+    kept = _steps_kept(tmp_path / "run" / "checkpoints")
+    assert kept["last.ckpt"] == 8 and kept["previous.ckpt"] == 6 and set(kept) == {"last.ckpt", "previous.ckpt", "best.ckpt"}
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] in (3, 6)  # saved after a validation that improved val/bpd
+    main(_tiny(tmp_path, "trainer.checkpoint_every_n_steps=2", "trainer.max_steps=4", "trainer.keep_checkpoints=1",
+               "trainer.save_best=false", f"run_dir={tmp_path}/one"))
+    assert _steps_kept(tmp_path / "one" / "checkpoints") == {"last.ckpt": 4}
+
+
+def _truncate(path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 3])
+
+
+@pytest.mark.parametrize("resume", ["auto", "last"])
+def test_a_truncated_last_ckpt_resumes_from_the_previous_one_with_one_line(tmp_path, capsys, resume):
+    from sparse_transformer.cli.train import main
+
+    main(_tiny(tmp_path, "trainer.checkpoint_every_n_steps=2", "trainer.max_steps=6"))
+    ck = tmp_path / "run" / "checkpoints"
+    _truncate(ck / "last.ckpt")
+    capsys.readouterr()
+    summary = main(_tiny(tmp_path, f"resume={resume}", "trainer.checkpoint_every_n_steps=2", "trainer.max_steps=8"))
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: resume={resume}: {ck / 'last.ckpt'} is not a readable "
+                                                         "checkpoint (") and warnings[0].endswith(
+        f"(set aside as last.ckpt.damaged); resuming from the checkpoint kept before it, {ck / 'previous.ckpt'} (step 4)")
+    assert f"resuming from {ck / 'previous.ckpt'}" in out and summary["steps"] == 8
+    # the good one it resumed from was moved down, never the damaged one (kept aside for a look)
+    assert _steps_kept(ck) == {"last.ckpt": 8, "previous.ckpt": 6} and (ck / "last.ckpt.damaged").is_file()
+
+
+def test_a_missing_last_ckpt_resumes_from_previous(tmp_path, capsys):
+    """A kill between the renames that move last.ckpt down leaves previous.ckpt and no last.ckpt."""
+    from sparse_transformer.cli.train import main
+
+    main(_tiny(tmp_path, "trainer.checkpoint_every_n_steps=2", "trainer.max_steps=4"))
+    ck = tmp_path / "run" / "checkpoints"
+    (ck / "last.ckpt").rename(ck / "previous.ckpt")
+    capsys.readouterr()
+    assert main(_tiny(tmp_path, "resume=last", "trainer.max_steps=6"))["steps"] == 6
+    assert f"warning: resume=last: {ck / 'last.ckpt'} is missing; resuming from" in capsys.readouterr().err
+
+
+def test_no_readable_checkpoint_is_one_line_naming_each(tmp_path, capsys):
+    from sparse_transformer.cli.train import main
+
+    main(_tiny(tmp_path, "trainer.checkpoint_every_n_steps=2", "trainer.max_steps=4"))
+    ck = tmp_path / "run" / "checkpoints"
+    for name in ("last.ckpt", "previous.ckpt"):
+        _truncate(ck / name)
+    before = sorted(p for p in (tmp_path / "run").rglob("*"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(_tiny(tmp_path, "resume=auto", "trainer.max_steps=6"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert f"{ck / 'last.ckpt'} is not a readable checkpoint" in err[0] and f"{ck / 'previous.ckpt'} is not a readable" in err[0]
+    assert err[0].endswith(f"no checkpoint in {ck} reads: give resume=<a good checkpoint> or a new run_dir")
+    assert sorted(p for p in (tmp_path / "run").rglob("*")) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# No checkpoint with non-finite weights
+# ------------------------------------------------------------------------------------------------
+def test_a_checkpoint_with_nonfinite_weights_is_never_written(tmp_path, monkeypatch, capsys):
+    """Weights made nan after step 2 (a finite loss whose update overflows would do the same): the
+    save at step 3 is refused, the run stops with one line (exit 1), last.ckpt stays step 2's."""
+    from sparse_transformer.cli.train import main
+    from sparse_transformer.training.module import SparseTransformerLM
+
+    orig = SparseTransformerLM.on_train_batch_end
+
+    def poison(self, outputs, batch, batch_idx):
+        orig(self, outputs, batch, batch_idx)
+        if self.trainer.global_step == 2:  # after the callbacks' hooks: step 2's checkpoint is saved, finite
+            with torch.no_grad():
+                self.net.blocks[0].ff.fc1.weight[0, :3] = float("nan")
+
+    monkeypatch.setattr(SparseTransformerLM, "on_train_batch_end", poison)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(_tiny(tmp_path, "trainer.checkpoint_every_n_steps=1", "trainer.max_steps=6", "trainer.max_bad_steps=0"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and err[-1].startswith(
+        "error: the weights are not finite at global step 3 (3 of ") and "net.blocks.0.ff.fc1.weight" in err[-1]
+    assert "no checkpoint was written" in err[-1] and "lower optim.lr" in err[-1]
+    assert not any(line.startswith("Traceback") for line in err)
+    ck = tmp_path / "run" / "checkpoints"
+    assert _steps_kept(ck) == {"last.ckpt": 2, "previous.ckpt": 1, **({"best.ckpt": _steps_kept(ck)["best.ckpt"]}
+                                                                       if (ck / "best.ckpt").exists() else {})}
+    for p in ck.glob("*.ckpt"):
+        assert all(torch.isfinite(v).all() for v in torch.load(p, weights_only=True)["state_dict"].values())

@@ -1,11 +1,13 @@
 """What the commands share: the one-line error and its exit code, the command line of the commands
-that read a checkpoint (sample, evaluate), and run folders (named once for a whole job; the run a
-checkpoint belongs to; a new stamped folder). Atomic writes are ``files.py``'s. Torch-free.
+that read a checkpoint (sample, evaluate), folders a command will write (checked before anything
+is written), and run folders (named once for a whole job, a new one made exclusively; the run a
+checkpoint belongs to; whether a folder holds a run). Atomic writes are ``files.py``'s. Torch-free.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import sys
 import time
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..checkpoint import ARCH_KEYS, merge_typed
+from .. import files
+from ..checkpoint import ARCH_KEYS, kept_checkpoints, merge_typed
 from ..config import Config, ConfigError, check_eval, check_sample, field_docs
 
 RUN_ENV = "SPARSE_TRANSFORMER_RUN_DIR"
@@ -111,13 +114,79 @@ def run_folder(ckpt: str | Path) -> Path:
     return p.parent if p.name == "checkpoints" else p
 
 
-def stamped_folder(base: Path) -> Path:
-    """A folder under ``base`` named by the time (``20261130-172129``), ``-1``, ``-2``, ... if taken."""
+def stamped_folder(base: Path, create: bool = False) -> Path:
+    """A folder under ``base`` named by the time (``20261130-172129``), ``-2``, ``-3``, ... if taken.
+    ``create``: made here, exclusively (``mkdir`` fails if another process made it first, and the
+    next suffix is tried), so processes started in the same second get a folder each."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out, k = Path(base) / stamp, 1
-    while out.exists():
-        out, k = Path(base) / f"{stamp}-{k}", k + 1
-    return out
+    for k in itertools.count(1):
+        out = Path(base) / (stamp if k == 1 else f"{stamp}-{k}")
+        if not create:
+            if not out.exists():
+                return out
+            continue
+        try:
+            out.mkdir(parents=True)
+            return out
+        except FileExistsError:
+            if not out.is_dir():  # a file in the way (of it or of a folder above): not a name taken by a run
+                raise
+    raise AssertionError("unreachable")
+
+
+def folder_error(key: str, path: str | Path, writable: bool = True) -> ConfigError | None:
+    """A ConfigError naming ``key=path`` if a folder cannot be made or written there (a file in the
+    way or above it; unwritable, checked only where ``writable``), else None. Leaves nothing."""
+    path = Path(path)
+    problem = files.folder_problem(path)
+    if problem and (writable or not problem.startswith("cannot be written") or not path.is_dir()):
+        return ConfigError(f"{key}={path} {problem}; give a folder that can be written")
+    return None
+
+
+def file_error(key: str, path: str | Path) -> ConfigError | None:
+    """A ConfigError naming ``key=path`` if a file cannot be written there: a folder in its place, or
+    its folder cannot be made or written. None if it can."""
+    path = Path(path)
+    if path.is_dir():
+        return ConfigError(f"{key}={path} is a folder; give the path of a file to write")
+    problem = files.folder_problem(path.parent)
+    return ConfigError(f"{key}={path}: its folder {path.parent} {problem}; give a path that can be written") if problem else None
+
+
+def check_backend_here(cfg, backend: str, device, key: str) -> None:
+    """The attention ``backend`` named for sampling or evaluation (``key``) must run every layer of
+    ``cfg``'s network on ``device``: ConfigError (one line) before any forward pass otherwise."""
+    from ..training.preflight import check_backend  # lazy: torch
+
+    c = OmegaConf.merge(cfg, {"attention": {"backend": backend}})
+    try:
+        check_backend(c, device)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("attention.backend=", f"{key}=")) from None
+
+
+RUN_FILES = ("config.yaml", "summary.json", "metrics.csv")
+
+
+def run_in(folder: str | Path) -> list[str]:
+    """What in ``folder`` shows a run was there: its config, summary, metrics and checkpoints (names)."""
+    folder = Path(folder)
+    found = [n for n in RUN_FILES if (folder / n).is_file()]
+    ck = folder / "checkpoints"
+    return found + [f"checkpoints/{p.name}" for p in (kept_checkpoints(ck) + sorted(ck.glob("best*.ckpt")) if ck.is_dir() else [])]
+
+
+def clear_run(folder: str | Path) -> None:
+    """Remove the run in ``folder`` (``overwrite=true``): its config, summary, metrics and the
+    checkpoints of ``run_in``, and temporaries a killed writer left; nothing else."""
+    folder = Path(folder)
+    for name in run_in(folder):
+        (folder / name).unlink(missing_ok=True)
+    ck = folder / "checkpoints"
+    if ck.is_dir():
+        for stale in ck.glob(".*.ckpt.tmp-*"):
+            stale.unlink(missing_ok=True)
 
 
 def is_rank_zero() -> bool:
@@ -148,7 +217,9 @@ def shared_run_name() -> str | None:
 def run_dir(cfg) -> Path:
     """Named once for the whole job: cfg.run_dir; else the folder rank 0 named and passed to the
     processes Lightning starts (RUN_ENV, also set by the sweep runner); else a name every rank of an
-    external launcher derives alike (shared_run_name); else a new runs/<exp>/<time> by rank 0."""
+    external launcher derives alike (shared_run_name); else a new runs/<exp>/<time> that rank 0
+    makes here and now, exclusively (``-2``, ``-3``, ... when another run took that second).
+    Only that last one is made here: the others are reused as they are (resume=auto continues them)."""
     global _named_here
     if cfg.run_dir:
         return Path(cfg.run_dir)
@@ -161,6 +232,11 @@ def run_dir(cfg) -> Path:
     if not is_rank_zero():
         raise LaunchError(f"process {os.environ.get('RANK', '?')} was not started by rank 0 and its launcher gives no "
                           f"job id: pass run_dir=<a folder every process sees>")
-    path = stamped_folder(Path("runs") / cfg.exp)
+    path = stamped_folder(Path("runs") / cfg.exp, create=True)  # made now: two runs never share it
     os.environ[RUN_ENV] = _named_here = str(path)
     return path
+
+
+def made_here(path: Path) -> bool:
+    """Whether ``path`` is the new stamped folder this process made (``run_dir``)."""
+    return _named_here is not None and str(path) == _named_here

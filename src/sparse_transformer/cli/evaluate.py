@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import files
 from ..checkpoint import load_model
 from ..config import ConfigError, EvalConfig
-from .common import fail, options_or_exit, run_folder
+from .common import check_backend_here, fail, file_error, folder_error, options_or_exit, run_folder
 
 EXAMPLE = "ckpt=runs/x/checkpoints/last.ckpt min_context=128"
 
@@ -31,6 +31,9 @@ EXAMPLE = "ckpt=runs/x/checkpoints/last.ckpt min_context=128"
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     opts, overrides = options_or_exit(argv, "eval", EvalConfig, EXAMPLE)
+    e = file_error("eval.out", opts.out) if opts.out else folder_error("the output folder", run_folder(opts.ckpt) / "eval")
+    if e:
+        fail(e)
 
     # lazy (see the module docstring): torch, the backends and the data stack, once the options are valid
     from ..attention.backends import resolve
@@ -39,8 +42,12 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     try:
         net, cfg, shape = load_model(opts.ckpt, overrides, backend=opts.backend, device=opts.device)
+        check_backend_here(cfg, opts.backend, next(net.parameters()).device, "eval.backend")
         if opts.min_context >= cfg.data.seq_len:
             raise ConfigError(f"eval.min_context={opts.min_context} must be below the model's sequence length {cfg.data.seq_len}")
+        e = folder_error("data.cache_dir", cfg.data.cache_dir, writable=False)
+        if e:
+            raise e
         ds = evaluation_windows(cfg, opts.split, opts.min_context)
     except ConfigError as e:
         fail(e)

@@ -33,7 +33,7 @@ from .. import files
 from ..checkpoint import load_model
 from ..config import ConfigError, SampleConfig
 from ..media import write_samples
-from .common import fail, options_or_exit, run_folder, stamped_folder
+from .common import check_backend_here, fail, folder_error, options_or_exit, run_folder, stamped_folder
 
 EXAMPLE = "ckpt=runs/x/checkpoints/last.ckpt n=16 temperature=0.9 prime=0.5"
 
@@ -98,15 +98,29 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(opts.out) if opts.out else default_out(opts.ckpt)
     if out.exists():
         fail(ConfigError(f"sample.out={out} exists; give a new folder (samples never overwrite)"))
+    e = folder_error("sample.out", out)
+    if e:
+        fail(e)
 
     from ..training.evaluation import split_examples  # lazy: torch and the data stack (see the module docstring)
 
     try:
         net, cfg, shape = load_model(opts.ckpt, overrides, backend=opts.backend, device=opts.device)
+        check_backend_here(cfg, opts.backend, next(net.parameters()).device, "sample.backend")
         length = opts.length or cfg.data.seq_len
         if length > cfg.data.seq_len:
             raise ConfigError(f"sample.length={length} is longer than the model's sequence of {cfg.data.seq_len} tokens")
-        prefix = prefixes(opts, cfg, length, lambda count, seed: split_examples(cfg, count, seed))
+        if opts.top_k > cfg.model.vocab_size:
+            raise ConfigError(f"sample.top_k={opts.top_k} exceeds the model's vocabulary of {cfg.model.vocab_size} tokens; "
+                              f"use 1..{cfg.model.vocab_size} (0: off)")
+
+        def examples(count, seed):  # test-split windows: the data is prepared (once) where data.cache_dir says
+            e = folder_error("data.cache_dir", cfg.data.cache_dir, writable=False)
+            if e:
+                raise e
+            return split_examples(cfg, count, seed)
+
+        prefix = prefixes(opts, cfg, length, examples)
     except ConfigError as e:
         fail(e)
     P = 0 if prefix is None else prefix.shape[1]

@@ -112,6 +112,9 @@ def _check_data(cfg: DictConfig) -> None:
         _need(d.seq_len % a.stride == 0,
               f"data.seq_len={d.seq_len} must be a multiple of attention.stride={a.stride} {why}: "
               f"e.g. {max(a.stride, d.seq_len // a.stride * a.stride)} or {(d.seq_len // a.stride + 1) * a.stride}")
+    _need(not d.persistent_workers or d.num_workers > 0,
+          "data.persistent_workers=true keeps loader workers alive and needs data.num_workers >= 1; "
+          "set data.num_workers or drop persistent_workers")
     if d.modality == "image":
         _need(bool(d.shape) and len(d.shape) == 3 and int(d.shape[2]) in (1, 3, 4),
               f"data.shape={list(d.shape) if d.shape else None} must be [H, W, C] with C in 1, 3, 4 for data.modality=image, e.g. [32, 32, 3]")
@@ -140,14 +143,16 @@ def _check_callbacks(cfg: DictConfig) -> None:
 
 
 def check_resume(cfg: DictConfig) -> None:
-    """resume=last needs the run folder's last.ckpt; a path must exist (auto: anything goes)."""
+    """resume=last needs a checkpoint in the run folder (last.ckpt or a previous one it keeps); a
+    path must exist (auto: anything goes). Whether it reads is checked later (cli/train.py)."""
     r = cfg.resume
     if r is None or r == "auto":
         return
     if r == "last":
         _need(bool(cfg.run_dir), "resume=last needs run_dir=<the run folder to continue> (or resume=<checkpoint path>)")
-        ckpt = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
-        _need(ckpt.is_file(), f"resume=last: {ckpt} does not exist; give run_dir=<a run folder with a checkpoint> or resume=auto")
+        ckdir = Path(cfg.run_dir) / "checkpoints"
+        _need((ckdir / "last.ckpt").is_file() or any(ckdir.glob("previous*.ckpt")),
+              f"resume=last: {ckdir / 'last.ckpt'} does not exist; give run_dir=<a run folder with a checkpoint> or resume=auto")
         return
     _need(Path(r).is_file(), f"resume={r} is not a checkpoint file; valid: last, auto or the path of a .ckpt")
 

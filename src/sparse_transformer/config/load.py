@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from .checks import check
 from .schema import Config, ConfigError, field_docs, leaves
@@ -100,6 +100,10 @@ def _leaf_keys(d: Any, prefix: str = "") -> list[str]:
 def _load_yaml(path: Path, what: str) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
+    except OmegaConfBaseException as e:  # e.g. an interpolation that does not parse: ${optim.lr
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{what} {path}: {key + ': ' if key else ''}{str(e).splitlines()[0]} "
+                          f"(an interpolation is ${{<an existing key>}}, e.g. ${{optim.lr}})") from None
     except Exception as e:  # yaml syntax errors and the like
         raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if cfg is None:
@@ -148,10 +152,42 @@ def load_config(argv: list[str] | None = None, *, validate: bool = True) -> tupl
         cfg = OmegaConf.merge(*layers)
     except OmegaConfBaseException as e:
         raise _omegaconf_error(e) from None
+    cfg = resolved(cfg, {"on the command line": cli, f"in {experiment_path(exp)}": layers[-2],
+                         **({f"in {base}": layers[1]} if base.exists() else {})})
     cfg.exp = exp
     if validate:
         check(cfg)
     return cfg, flags
+
+
+def resolved(cfg: DictConfig, where: dict[str, DictConfig]) -> DictConfig:
+    """``cfg`` with every interpolation (``${optim.lr}``, ``${oc.env:X}``) replaced by its value, and
+    the values checked against the schema's types again. An interpolation that names no key, an
+    unset variable or an unknown resolver, or one whose value has the wrong type, is a ConfigError
+    naming the key, what it says and where it was set (``where``: the layers, by where they are,
+    e.g. "on the command line", the one that wins first)."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        name, raw = next(((n, r) for n, r in ((n, _raw(layer, key)) for n, layer in where.items()) if r is not None),
+                         (None, None))
+        if raw is None or "${" not in str(raw):
+            raise _omegaconf_error(e) from None
+        if isinstance(e, ValidationError):  # it resolved, to a value of the wrong type
+            raise ConfigError(f"{_omegaconf_error(e)} (from {key}: {raw} {name})") from None
+        raise ConfigError(f"{key}={raw} {name}: {str(e).splitlines()[0]}; an interpolation names an existing key "
+                          f"(e.g. ${{optim.lr}}), a set environment variable (${{oc.env:NAME}}) or a known resolver") from None
+
+
+def _raw(layer: DictConfig, key: str):
+    """The value ``layer`` sets for dotted ``key`` as written (an interpolation unresolved), or None."""
+    node = OmegaConf.to_container(layer, resolve=False)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def to_yaml(cfg: DictConfig) -> str:

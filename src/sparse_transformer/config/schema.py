@@ -72,6 +72,22 @@ def between(lo: float, hi: float, ends: str = "[]", note: str = "") -> dict:
                 lambda v: (lo <= v if ends[0] == "[" else lo < v) and (v <= hi if ends[1] == "]" else v < hi))
 
 
+def _duration_ok(v: str) -> bool:
+    """DD:HH:MM:SS (Lightning's max_time string), each part a whole number >= 0, not all zero."""
+    parts = str(v).strip().split(":")
+    return len(parts) == 4 and all(p.isdigit() for p in parts) and any(int(p) for p in parts)
+
+
+def _steps_or_fraction(v: float) -> bool:
+    """A fraction of an epoch in (0, 1], or a whole number of steps."""
+    return 0 < v <= 1 or (v > 1 and float(v).is_integer())
+
+
+def _count_or_fraction(v: float) -> bool:
+    """A fraction in [0, 1], or a whole number (Lightning reads 1.5 as neither)."""
+    return 0 <= v <= 1 or (v > 1 and float(v).is_integer())
+
+
 def _device_ok(dev: str) -> bool:
     return dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
 
@@ -107,8 +123,8 @@ class ModelConfig:
     """torch.compile the network as model.compile_mode says (by default the whole network, forward and backward, one graph), attention included (its plans are prepared outside the graph), with static shapes: a short last batch and validation compile once more each."""
     compile_mode: CompileMode = "model"
     """With model.compile: model (the whole network one graph) | blocks (each residual block its own graph) | cudagraphs (the whole network replayed as CUDA graphs, torch.compile's reduce-overhead; GPU only)."""
-    vocab_size: int = field(default=256, metadata=at_least(2))
-    """Token vocabulary (bytes, 8-bit pixels, 8-bit mu-law audio: 256)."""
+    vocab_size: int = field(default=256, metadata=at_least(256, " (every modality's tokens are bytes, 0..255)"))
+    """Token vocabulary (bytes, 8-bit pixels, 8-bit mu-law audio: 256; more only wastes logits)."""
 
 
 @dataclass
@@ -204,7 +220,8 @@ class TrainerConfig:
     """Stop after this many optimizer steps (-1: use max_epochs)."""
     max_epochs: Optional[int] = field(default=None, metadata=rule("-1 (no limit) or >= 1", lambda v: v == -1 or v >= 1))
     """Stop after this many epochs (None with max_steps=-1: 1 epoch)."""
-    max_time: Optional[str] = None
+    max_time: Optional[str] = field(default=None, metadata=rule("DD:HH:MM:SS, e.g. 00:12:00:00 for 12 hours", _duration_ok,
+                                                                "is not a duration; valid:"))
     """Wall-clock limit, DD:HH:MM:SS (Lightning's max_time)."""
     precision: str = field(default="auto",
                            metadata=rule(", ".join(PRECISIONS), lambda v: v in PRECISIONS, "is not valid; valid:"))
@@ -219,9 +236,11 @@ class TrainerConfig:
     """auto | ddp (NCCL on GPUs, gloo on CPU) | fsdp (sharded block by block; GPU only) | ddp_spawn."""
     accumulate_grad_batches: int = field(default=1, metadata=at_least(1))
     """Gradient accumulation steps."""
-    val_check_interval: Optional[float] = field(default=None, metadata=above(0))
+    val_check_interval: Optional[float] = field(default=None, metadata=rule(
+        "a fraction of an epoch in (0, 1] or a whole number of steps > 1", _steps_or_fraction))
     """Validate every this many training steps (> 1) or this fraction of an epoch (<= 1)."""
-    limit_val_batches: Optional[float] = field(default=None, metadata=at_least(0, " (0: no validation)"))
+    limit_val_batches: Optional[float] = field(default=None, metadata=rule(
+        "a fraction in [0, 1] or a whole number of batches (0: no validation)", _count_or_fraction))
     """Validate on at most this many batches (int) or fraction (float)."""
     log_every_n_steps: int = field(default=10, metadata=at_least(1))
     """How often to log training metrics; also how often the host reads the device (skipped-step counts, the progress bar, the ranks' SIGTERM and max_time agreement), so a larger value syncs less."""
@@ -232,7 +251,11 @@ class TrainerConfig:
     deterministic: bool = False
     """Ask torch for deterministic algorithms."""
     checkpoint_every_n_steps: Optional[int] = field(default=1000, metadata=at_least(1))
-    """Save checkpoints/last.ckpt every this many optimizer steps, and at the end (null: at the end only; with save_top_k=0 Lightning 2.6 saves no last.ckpt at validations or epoch ends)."""
+    """Save checkpoints/last.ckpt every this many optimizer steps, and at the end (null: at the end only; Lightning 2.6 saves no last.ckpt at validations or epoch ends)."""
+    keep_checkpoints: int = field(default=2, metadata=at_least(1, " (1: last.ckpt only)"))
+    """How many of the latest checkpoints to keep: last.ckpt and the ones saved before it, previous.ckpt, previous-2.ckpt, ... (2: last and previous; each is a full checkpoint, ~1.8 GB at the ImageNet64 size). resume=last/auto falls back to the newest readable one."""
+    save_best: bool = True
+    """Also keep checkpoints/best.ckpt, the checkpoint with the lowest val/bpd so far (Lightning's ModelCheckpoint, written after a validation that improved it)."""
     max_bad_steps: int = field(default=5, metadata=at_least(0, " (0: never stop)"))
     """A nan/inf training loss or gradient norm on any rank skips that optimizer step on every rank (decided on the device, counted in train/skipped_steps); this many in a row stop the run with an error naming the steps (0: never stop). The host reads the counts every log_every_n_steps steps, so the run may go on for up to that many steps past the limit."""
     early_stopping: int = field(default=0, metadata=at_least(0, " (0: off)"))
@@ -378,7 +401,9 @@ class Config:
     imports: list[str] = field(default_factory=list)
     """Python modules to import first (e.g. ones that register user patterns)."""
     resume: Optional[str] = None
-    """Resume exactly (weights, optimiser, schedule, step, RNG, data position): 'last' (run_dir's checkpoints/last.ckpt), 'auto' (it if it exists, else start fresh: for requeued jobs) or a checkpoint path."""
+    """Resume exactly (weights, optimiser, schedule, step, RNG, data position): 'last' (run_dir's checkpoints/last.ckpt, or the newest readable previous one), 'auto' (the same if there is one, else start fresh: for requeued jobs) or a checkpoint path."""
+    overwrite: bool = False
+    """Replace the run in run_dir: without it, run_dir=<a folder holding a run> and no resume is refused (continue it with resume=last, or give a new run_dir). With it, that run's config.yaml, summary.json, metrics.csv and checkpoints are removed first; other files (samples, attention maps, eval, wandb) stay."""
     model: ModelConfig = field(default_factory=ModelConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -17,7 +17,12 @@ does not do, or does in a way that breaks an exact resume:
   ``_atomic_save`` writes through an fsspec transaction whose temporary file is made by
   ``tempfile.mkstemp()`` in $TMPDIR and moved with ``shutil.move``: where $TMPDIR is another
   filesystem (a node's /tmp and a shared checkpoint folder), that move is a copy over the old
-  ``last.ckpt``, and a kill during the copy leaves it truncated. It also never fsyncs.
+  ``last.ckpt``, and a kill during the copy leaves it truncated. It also never fsyncs. And it
+  keeps the ones before: a new ``last.ckpt`` moves the old one to ``previous.ckpt`` (and that to
+  ``previous-2.ckpt``, ..., ``trainer.keep_checkpoints`` in all), renames only, so one damaged
+  file never loses the run (cli/train.py resumes from the newest that reads).
+- ``ResumeState.on_save_checkpoint``: no checkpoint with non-finite weights is written; the run
+  stops with ``NonFiniteWeightsError`` instead (one host read per save, none per step).
 - ``metrics.csv`` (loggers.py ``RunCSVLogger``) is rewound to the checkpoint on resume and flushed
   before each checkpoint is written.
 - ``nonfinite_on_any_rank``: the all-reduce behind skipping a nan/inf step on every rank at once
@@ -47,7 +52,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from .. import files
-from ..checkpoint import stamp
+from ..checkpoint import LAST, kept_checkpoints, kept_names, nonfinite, stamp
 from .loggers import RunCSVLogger
 
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
@@ -59,6 +64,34 @@ class NonFiniteLossError(RuntimeError):
 
 class SigtermStop(RuntimeError):
     """The run stopped on SIGTERM with ``last.ckpt`` saved; the message says how to continue."""
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """A checkpoint was about to be saved with nan/inf weights; none was written. One line."""
+
+
+def check_weights_finite(checkpoint: dict, step: int, folder: str | Path) -> None:
+    """Raise NonFiniteWeightsError if ``checkpoint``'s weights hold nan or inf on any rank (every
+    rank builds the checkpoint and agrees: one all-reduce and one host read per save)."""
+    bad, total, first = nonfinite(checkpoint.get("state_dict") or {})
+    if _distributed():
+        t = torch.tensor([float(bad)], device=_device_of(checkpoint))
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        bad = int(t.item())
+    if bad:
+        where = f", the first in {first}" if first else ""
+        raise NonFiniteWeightsError(
+            f"the weights are not finite at global step {step} ({bad:,} of {total:,} values nan or inf{where}): no "
+            f"checkpoint was written and the run stops; {folder} keeps the last good ones (resume=last continues "
+            f"from them): lower optim.lr or check the data")
+
+
+def _device_of(checkpoint: dict):
+    """The device of the all-reduce: the weights' (NCCL needs CUDA tensors), else the CPU (gloo)."""
+    for t in (checkpoint.get("state_dict") or {}).values():
+        if isinstance(t, torch.Tensor):
+            return t.device
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _distributed() -> bool:
@@ -282,6 +315,7 @@ class ResumeState(Callback):
             trainer._signal_connector.received_sigterm = True
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        check_weights_finite(checkpoint, trainer.global_step, Path(self.last).parent)
         stamp(checkpoint)  # the format number: RNG states as tensors and plain values (checkpoint.py)
         for lg in trainer.loggers:  # rows up to the checkpoint on disk before the checkpoint is
             if isinstance(lg, RunCSVLogger):
@@ -345,13 +379,43 @@ class StepTimer(Timer):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Save to ``.<name>.tmp-*`` beside the target, fsync, ``os.replace``, fsync the folder
     (``files.atomic_file``): a reader sees the old checkpoint or the new one, never a part (see the
-    module docstring). Temporaries a killed writer left are removed first."""
+    module docstring). Temporaries a killed writer left are removed first.
+
+    ``last.ckpt`` keeps ``keep - 1`` predecessors: the new one is written whole under a temporary
+    name, then the old ones move down a name (``last`` -> ``previous`` -> ``previous-2`` ...; the
+    oldest is dropped) and the new one takes ``last``. A kill between those renames leaves no
+    ``last.ckpt`` but a whole ``previous.ckpt``, which ``resume=last``/``auto`` takes. The same
+    step saved twice (SIGTERM, then the end of training) replaces ``last`` without moving it down."""
+
+    def __init__(self, keep: int = 1):
+        super().__init__()
+        self.keep = max(1, int(keep))
+        self._step_in: dict[str, int] = {}  # the step of the checkpoint this process last wrote to a path
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # remote storage: Lightning's fsspec path
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
-        files.remove_stale(Path(path))
-        with files.atomic_file(path, "wb") as f:
-            torch.save(checkpoint, f)
+        path = Path(path)
+        files.remove_stale(path)
+        step = checkpoint.get("global_step")
+        if path.name != LAST or self.keep == 1 or not path.exists() or self._step_in.get(str(path)) == step:
+            with files.atomic_file(path, "wb") as f:
+                torch.save(checkpoint, f)
+        else:
+            staged = path.parent / f".{path.name}.tmp-staged"  # a temporary of last.ckpt: remove_stale's
+            with files.atomic_file(staged, "wb") as f:
+                torch.save(checkpoint, f)
+            self._move_down(path.parent)
+            files.replace(staged, path)
+        self._step_in[str(path)] = step
+
+    def _move_down(self, folder: Path) -> None:
+        names = kept_names(self.keep)
+        for stale in kept_checkpoints(folder):  # beyond keep (a resumed run may keep fewer)
+            if stale.name not in names:
+                stale.unlink(missing_ok=True)
+        for newer, older in reversed(list(zip(names, names[1:]))):
+            if (folder / newer).exists():
+                files.replace(folder / newer, folder / older)

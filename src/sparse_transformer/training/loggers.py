@@ -30,14 +30,17 @@ from .callbacks.wandb_mode import wandb_mode
 
 
 def quiet_logs() -> None:
-    """Drop Lightning's advertising tips ("Tip: ... litlogger", "... litmodels") and the deprecation
-    line its ``_pytree`` helper prints with torch >= 2.10 (``isinstance(treespec, LeafSpec)``)."""
+    """Drop Lightning's advertising tips ("Tip: ... litlogger", "... litmodels"), the deprecation
+    line its ``_pytree`` helper prints with torch >= 2.10 (``isinstance(treespec, LeafSpec)``) and
+    its warning that a resumed run's checkpoint folder is not empty."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning_utilities.core.rank_zero"):
         lg = logging.getLogger(name)
         if not any(isinstance(f, _NoTips) for f in lg.filters):
             lg.addFilter(_NoTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # a resumed run's checkpoints/ holds its own checkpoints: the best-checkpoint callback's warning says nothing
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class _NoTips(logging.Filter):

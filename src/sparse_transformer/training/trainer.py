@@ -87,12 +87,19 @@ def _eager(callback):
 
 
 def _run_callbacks(cfg, out: Path, logger) -> list:
-    """Checkpoints, resume state, the console, the LR monitor, max_time and early stopping."""
+    """Checkpoints (last.ckpt and, with trainer.save_best, best.ckpt), resume state, the console,
+    the LR monitor, max_time and early stopping. The checkpoints before last.ckpt are kept by
+    renaming (AtomicCheckpointIO, trainer.keep_checkpoints), not by ModelCheckpoint: no second write."""
     t = cfg.trainer
     ckdir = out / "checkpoints"
     cbs = [ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps,
                            enable_version_counter=False),  # always last.ckpt, never last-v1.ckpt
            ResumeState(ckdir / "last.ckpt")]
+    if t.get("save_best", False) and t.limit_val_batches != 0:
+        # after each validation (not at the epoch's end, when val/bpd may be an epoch old), if it improved
+        cbs.append(ModelCheckpoint(dirpath=str(ckdir), filename="best", monitor="val/bpd", mode="min", save_top_k=1,
+                                   save_last=False, save_on_train_epoch_end=False, auto_insert_metric_name=False,
+                                   enable_version_counter=False))
     if logger:
         cbs.append(LearningRateMonitor(logging_interval="step"))
     # The host reads the device every log_every_n_steps steps, not every step: the progress bar's
@@ -117,7 +124,7 @@ def build_trainer(cfg, out: Path, callbacks=None, logger=None) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps,
         fast_dev_run=t.fast_dev_run, enable_progress_bar=t.enable_progress_bar, deterministic=t.deterministic,
         default_root_dir=str(out), logger=logger, callbacks=_run_callbacks(cfg, out, logger) + list(callbacks or []),
-        num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
+        num_sanity_val_steps=0, plugins=[AtomicCheckpointIO(keep=t.get("keep_checkpoints", 1))],
         inference_mode=False,  # no_grad instead: metric states and cached masks outlive validate()
         reload_dataloaders_every_n_epochs=1,  # new random training windows each epoch
         use_distributed_sampler=False,  # the DataModule deals each rank its share (data/base.py RankShard)
