@@ -31,7 +31,7 @@ from tests.helpers import TINY, make_ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = {"train": "sparse_transformer.train", "sample": "sparse_transformer.sample", "eval": "sparse_transformer.evaluate"}
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root writes through permission bits: no unwritable folder
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root writes through permission bits (see read_only)
 
 
 @dataclass
@@ -42,7 +42,6 @@ class Case:
     says: str  # the error line holds this (the key or file, and what is wrong)
     setup: Callable | None = None  # (folders, monkeypatch) before the snapshot
     proc: bool = False  # a real process (python -m ...) instead of main(argv)
-    unwritable: bool = False  # needs a folder its user cannot write (skipped as root)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,8 +86,22 @@ def runs_is_a_file(f, monkeypatch):
 
 
 def read_only(f, monkeypatch):
-    (f["tmp"] / "ro").mkdir()
-    (f["tmp"] / "ro").chmod(0o500)
+    """<tmp>/ro, a folder its user cannot write. Root writes through permission bits: there, the
+    probe that tells (``files.folder_problem``) is refused as the kernel would refuse anyone else."""
+    ro = f["tmp"] / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if IS_ROOT:
+        from sparse_transformer import files
+
+        real = files.tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).resolve().is_relative_to(ro.resolve()):
+                raise PermissionError(13, "Permission denied")
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
 
 
 def no_triton_interpreter(f, monkeypatch):
@@ -175,10 +188,10 @@ TRAIN = [
     # folders: files, under files, unwritable
     T("run-dir-file", ["run_dir=<file>"], "<file>"),
     T("run-dir-under-file", ["run_dir=<file>/run"], "<file>"),
-    T("run-dir-unwritable", ["run_dir=<tmp>/ro/run"], "<tmp>/ro", setup=read_only, unwritable=True),
+    T("run-dir-unwritable", ["run_dir=<tmp>/ro/run"], "<tmp>/ro", setup=read_only),
     T("cache-dir-file", ["data.cache_dir=<file>"], "data.cache_dir"),
     T("cache-dir-under-file", ["data.cache_dir=<file>/data"], "data.cache_dir"),
-    T("cache-dir-unwritable", ["data.cache_dir=<tmp>/ro/data"], "data.cache_dir", setup=read_only, unwritable=True),
+    T("cache-dir-unwritable", ["data.cache_dir=<tmp>/ro/data"], "data.cache_dir", setup=read_only),
     T("runs-is-a-file", ["run_dir=null"], "runs", setup=runs_is_a_file),
     # checkpoints to resume from
     T("resume-truncated", ["resume=<trunc>"], "<trunc>"),
@@ -229,7 +242,7 @@ SAMPLE = [
     S("out-file", ["out=<file>"], "<file>"),
     S("out-under-file", ["out=<file>/samples"], "<file>"),
     S("out-existing-folder", ["out=<tmp>"], "exists"),
-    S("out-unwritable", ["out=<tmp>/ro/s"], "<tmp>/ro", setup=read_only, unwritable=True),
+    S("out-unwritable", ["out=<tmp>/ro/s"], "<tmp>/ro", setup=read_only),
     S("cache-dir-file-prime", ["prime=0.5", "data.cache_dir=<file>"], "data.cache_dir"),
     S("cache-dir-under-file-prime", ["prime=0.5", "data.cache_dir=<file>/data"], "data.cache_dir"),
     S("arch-override", ["model.n_layer=3"], "model.n_layer"),
@@ -263,7 +276,7 @@ EVAL = [
     E("backend-sdpa-strided", ["backend=sdpa"], "backend=sdpa"),
     E("out-folder", ["out=<tmp>"], "<tmp>"),
     E("out-under-file", ["out=<file>/x.json"], "<file>"),
-    E("out-unwritable", ["out=<tmp>/ro/x.json"], "<tmp>/ro", setup=read_only, unwritable=True),
+    E("out-unwritable", ["out=<tmp>/ro/x.json"], "<tmp>/ro", setup=read_only),
     E("cache-dir-file", ["data.cache_dir=<file>"], "data.cache_dir"),
     E("cache-dir-under-file", ["data.cache_dir=<file>/data"], "data.cache_dir"),
     E("data-eval-batch-neg", ["data.eval_batch_size=-1"], "data.eval_batch_size=-1"),
@@ -370,8 +383,6 @@ def run_case(case: Case, argv: list[str], cwd: Path, capfd) -> tuple[int | None,
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.cmd}-{c.id}" for c in CASES])
 def test_bad_input_is_one_line_and_writes_nothing(case, shared, tmp_path, monkeypatch, capfd):
-    if case.unwritable and IS_ROOT:
-        pytest.skip("root writes into a read-only folder")
     from sparse_transformer.cli import common
 
     monkeypatch.delenv(common.RUN_ENV, raising=False)
