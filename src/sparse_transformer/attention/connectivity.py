@@ -21,27 +21,12 @@ def layer_reach(heads: tuple, n: int) -> Tensor:
     return heads_mask(heads, n).any(0) | torch.eye(n, dtype=torch.bool)
 
 
-def stack_masks(
-    pattern: str,
-    n: int,
-    stride: int,
-    n_layer: int,
-    *,
-    n_head: int = 1,
-    summary: int | None = None,
-    summary_heads: int = 1,
-    integration: str = "interleaved",
-    layout=None,
-) -> list[Tensor]:
-    """The reach matrix of each residual block of a model, in order."""
-    return [
-        layer_reach(
-            layer_heads(pattern, n_head, stride, layer=r, summary=summary, summary_heads=summary_heads,
-                        integration=integration, layout=layout),
-            n,
-        )
-        for r in range(n_layer)
-    ]
+def stack_masks(pattern: str, n: int, stride: int, n_layer: int, *, n_head: int = 1, **pattern_kw) -> list[Tensor]:
+    """The reach matrix of each residual block of a model, in order. ``pattern_kw``: the pattern's
+    options as ``layer_heads`` takes them (summary, summary_heads, integration, layout)."""
+    if "layer" in pattern_kw:
+        raise TypeError("stack_masks builds every layer: it takes no layer=")
+    return [layer_reach(layer_heads(pattern, n_head, stride, layer=r, **pattern_kw), n) for r in range(n_layer)]
 
 
 def compose(layers: list[Tensor]) -> Tensor:
