@@ -1,50 +1,15 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from sparse_transformer.config import load_config
 from sparse_transformer.data.text import TextDataModule
 from sparse_transformer.cli.evaluate import main
-from sparse_transformer.training.evaluation import ContextWindows
 from sparse_transformer.training.module import SparseTransformerLM
 from tests.helpers import one_thread  # noqa: F401  (autouse: this module runs on one thread)
 from tests.helpers import TINY, make_ckpt, run_command
-
-
-class Stream:
-    def __init__(self, n):
-        self.data = np.arange(n) % 251
-
-    def __len__(self):
-        return len(self.data)
-
-    def read(self, start, n):
-        return self.data[start : start + n]
-
-
-@pytest.mark.parametrize("length,n,C", [(1000, 64, 48), (1000, 64, 0), (64, 64, 10), (130, 64, 63), (257, 64, 16)])
-def test_context_windows_score_every_token_once_with_enough_context(length, n, C):
-    ds = ContextWindows(Stream(length), n, C)
-    seen = np.zeros(length, dtype=int)
-    for k in range(len(ds)):
-        x, mask = ds[k]
-        start = ds.starts[k]
-        assert torch.equal(x, torch.as_tensor(np.arange(start, start + n) % 251))
-        pos = start + mask.nonzero()[:, 0].numpy()
-        seen[pos] += 1
-        context = pos - start  # tokens of the window before each scored one
-        assert ((context >= C) | (pos < C)).all()  # only the split's first C tokens see less
-    assert (seen == 1).all()
-
-
-def test_context_windows_refuse_impossible_contexts():
-    from sparse_transformer.data.store import DataError
-
-    with pytest.raises(DataError, match="min_context=64 must be in 0..63"):
-        ContextWindows(Stream(1000), 64, 64)
 
 
 @pytest.fixture(scope="module")
