@@ -83,9 +83,10 @@ def check_folders(cfg) -> None:
     """The folders training writes must be folders it can write (not files, not under files): the
     run folder (run_dir, else runs/<exp>) and data.cache_dir (which may be read-only if it holds
     the prepared data already)."""
-    if not cfg.run_dir and files.folder_problem(Path("runs") / cfg.exp):
+    problem = None if cfg.run_dir else files.folder_problem(Path("runs") / cfg.exp)
+    if problem:
         raise ConfigError(f"the run folder runs/{cfg.exp}/<time> (no run_dir given): runs/{cfg.exp} "
-                          f"{files.folder_problem(Path('runs') / cfg.exp)}; give run_dir=<a folder that can be written>")
+                          f"{problem}; give run_dir=<a folder that can be written>")
     e = (folder_error("run_dir", cfg.run_dir) if cfg.run_dir else None) or \
         folder_error("data.cache_dir", cfg.data.cache_dir, writable=False)
     if e:
