@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from ...analysis import attention_maps
-from .outside_step import forward_context, rank_zero_forward_blocked
+from .outside_step import forward_blocked
 
 MAX_LAYERS = 8
 
@@ -158,7 +158,7 @@ class AttentionMapsCallback(Callback):
 
     @rank_zero_only
     def draw(self, trainer, pl_module) -> list[Path]:
-        if rank_zero_forward_blocked(trainer, "attention maps"):
+        if forward_blocked(trainer, "attention maps"):
             return []
         tokens = self._example_tokens(trainer)
         if tokens is None:
@@ -169,10 +169,8 @@ class AttentionMapsCallback(Callback):
         image = tokens.numpy().astype(np.uint8).reshape(shape) if pl_module.cfg.data.modality == "image" else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         files = []
-        with forward_context(trainer):
-            drawn = list(draw_attention_maps(pl_module.net, tokens, shape, self.queries, self.layers, image,
-                                             title=f"step {step}: "))
-        for query, fig in drawn:
+        for query, fig in draw_attention_maps(pl_module.net, tokens, shape, self.queries, self.layers, image,
+                                              title=f"step {step}: "):
             files.append(save_figure(fig, self.out_dir / f"step-{step:06d}-q{query}.png"))
             for lg in trainer.loggers:
                 if isinstance(lg, WandbLogger):

@@ -1,30 +1,21 @@
-"""How a callback runs the network outside a training step (samples, attention maps).
+"""Whether a callback may run the network outside a training step (samples, attention maps).
 
-Under FSDP with mixed precision the blocks hold bf16/fp16 weights during a forward while the
-embedding's output is fp32, so such a forward runs under the precision plugin's own context
-(autocast), as Lightning runs a step. Over more than one device FSDP gathers each block's weights
-from every rank, so work that only rank 0 does cannot run a forward at all: it is skipped."""
+Under FSDP it may not: those passes call the blocks (each its own FSDP unit) outside the root's
+forward, where FSDP neither casts the fp32 embedding output to the blocks' bf16/fp16 weights nor
+keeps its state for the next checkpoint's state dict (seen on an H200: a dtype error, then a state
+dict missing every block); over several devices rank 0 alone would also wait for the other ranks'
+shards. ``sparse_transformer.sample`` on a checkpoint gives both after training."""
 
 from __future__ import annotations
-
-import contextlib
 
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 
-def forward_context(trainer):
-    """The context a callback's own forward passes run in: the precision plugin's under FSDP, none
-    otherwise (other strategies keep fp32 weights, which run as they are)."""
+def forward_blocked(trainer, what: str) -> bool:
+    """True (with a warning) under FSDP, where ``what`` is skipped."""
     if isinstance(trainer.strategy, FSDPStrategy):
-        return trainer.precision_plugin.forward_context()
-    return contextlib.nullcontext()
-
-
-def rank_zero_forward_blocked(trainer, what: str) -> bool:
-    """True (after one warning) where a forward on rank 0 alone would wait for the other ranks forever."""
-    if isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size > 1:
-        rank_zero_warn(f"{what} are skipped under trainer.strategy=fsdp with more than one device "
-                       "(a forward on rank 0 alone would wait for the other ranks' weight shards)")
+        rank_zero_warn(f"{what} are skipped under trainer.strategy=fsdp (their forward passes would run the blocks "
+                       "outside FSDP's own forward); run sparse_transformer.sample on a checkpoint instead")
         return True
     return False

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ...media import mulaw_decode, tokens_to_text, write_samples
-from .outside_step import forward_context, rank_zero_forward_blocked
+from .outside_step import forward_blocked
 
 
 def save_samples(tokens: np.ndarray, modality: str, shape, folder: str | Path, stem: str,
@@ -65,7 +65,7 @@ class SamplesCallback(Callback):
 
     @rank_zero_only
     def log_samples(self, trainer, pl_module) -> list[Path]:
-        if rank_zero_forward_blocked(trainer, "samples"):
+        if forward_blocked(trainer, "samples"):
             return []
         step = trainer.global_step
         self._last_step = step
@@ -76,8 +76,7 @@ class SamplesCallback(Callback):
         count = self.count
         if trainer.fast_dev_run:
             count, length = 1, (None if modality == "image" else min(length or 16, 16))
-        with forward_context(trainer):
-            tokens, sampler = generate(pl_module.net, count, length, self.temperature, seed=self.seed + step)
+        tokens, sampler = generate(pl_module.net, count, length, self.temperature, seed=self.seed + step)
         files = save_samples(tokens, modality, shape, self.out_dir, f"step-{step:06d}", sample_rate=rate)
         self.files += files
         print(f"samples at step {step} ({sampler}): {', '.join(str(f) for f in files)}")
