@@ -16,7 +16,12 @@ runs), so Lightning's launcher, DDP strategy, bf16-mixed and the CLI's throughpu
   tokens/s(1)), target >= 0.9 on 2 GPUs;
 * equal global batch: k GPUs × ``--batch`` against one GPU × (k · ``--batch``), same seed and steps,
   dropout off: each rank reads its share of the same windows (data/base.py RankShard), so the loss
-  curves should agree up to bf16 summation order.
+  curves should agree up to bf16 summation order. These two are runs of their own that log the loss
+  every step (``--curve-log-every``); the throughput runs log once per window (``--log-every``), as a
+  per-step log reads the loss on the host every step (a synchronisation that a launch-bound eager
+  step pays in throughput).
+
+Compilation is an override like any other: ``model.compile=true model.compile_mode=model``.
 
 Data: a local text (``--text``; by default the installed torch package's Python sources, which any
 machine with torch has, concatenated to ``--text-mb`` MB), read as raw bytes (data.format=raw: no
@@ -79,13 +84,14 @@ def callback_has_warmup() -> bool:
     return any(f.name == "warmup" for f in fields(ThroughputConfig))
 
 
-def command(exp: str, gpus: int, batch: int, args, run_dir: Path, warmup_key: bool) -> list[str]:
+def command(exp: str, gpus: int, batch: int, args, run_dir: Path, warmup_key: bool, curve: bool = False) -> list[str]:
     steps = args.warmup_steps + args.windows * args.window
+    log_every = args.curve_log_every if curve else (args.log_every or args.window)
     return [sys.executable, "-m", "sparse_transformer.train", f"exp={exp}", f"run_dir={run_dir}", f"seed={args.seed}",
             f"trainer.accelerator={args.accelerator}", f"trainer.devices={gpus}",
             f"trainer.strategy={'ddp' if gpus > 1 else 'auto'}", f"data.batch_size={batch}",
             f"trainer.max_steps={steps}", "trainer.max_epochs=-1", f"trainer.val_check_interval={10 * steps}",
-            f"trainer.log_every_n_steps={args.log_every}", "trainer.enable_progress_bar=false",
+            f"trainer.log_every_n_steps={log_every}", "trainer.enable_progress_bar=false",
             "trainer.checkpoint_every_n_steps=null", "model.dropout=0.0", f"optim.warmup_steps={args.lr_warmup}",
             f"optim.lr={args.lr}", "logger.kind=csv", "callbacks.samples.at_end=false",
             "callbacks.attention_maps.enabled=false", f"callbacks.throughput.window={args.window}",
@@ -119,13 +125,13 @@ def read_metrics(path: Path, gpus: int, warmup_steps: int, window: int, warmup_k
     return windows, loss
 
 
-def run(exp: str, gpus: int, batch: int, args, tmp: Path, warmup_key: bool, repeat: int) -> dict:
-    tag = f"{exp}-g{gpus}-b{batch}-r{repeat}"
+def run(exp: str, gpus: int, batch: int, args, tmp: Path, warmup_key: bool, repeat: int, curve: bool = False) -> dict:
+    tag = f"{exp}-g{gpus}-b{batch}-r{repeat}{'-curve' if curve else ''}"
     out = tmp / tag
-    cmd = command(exp, gpus, batch, args, out, warmup_key)
+    cmd = command(exp, gpus, batch, args, out, warmup_key, curve)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     print(f"--- {tag}: {' '.join(cmd[3:])}", flush=True)
-    base = dict(exp=exp, gpus=gpus, batch_per_gpu=batch, global_batch=gpus * batch, repeat=repeat)
+    base = dict(exp=exp, gpus=gpus, batch_per_gpu=batch, global_batch=gpus * batch, repeat=repeat, curve=curve)
     t0 = time.time()
     # its own session: on a timeout the whole group goes, Lightning's other ranks included (no orphan holds a GPU)
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -158,9 +164,11 @@ def run(exp: str, gpus: int, batch: int, args, tmp: Path, warmup_key: bool, repe
 
 def settings(records: list[dict]) -> list[dict]:
     """Per (exp, gpus, batch per GPU): the median over repeats of each run's median window, the
-    spread (max − min) / median and every run's figure."""
+    spread (max − min) / median and every run's figure (the loss-curve runs are not counted)."""
     groups: dict = {}
     for r in records:
+        if r.get("curve"):
+            continue
         groups.setdefault((r["exp"], r["gpus"], r["batch_per_gpu"]), []).append(r)
     out = []
     for (exp, gpus, batch), rs in groups.items():
@@ -175,7 +183,7 @@ def settings(records: list[dict]) -> list[dict]:
 
 def derive(records: list[dict], table: list[dict], batch: int, counts: list[int]) -> list[dict]:
     """Per experiment and k > 1: weak-scaling efficiency from medians against the target, and the
-    equal-global-batch comparison (first repeat of k GPUs × batch against one GPU × k·batch)."""
+    equal-global-batch comparison (the loss-curve runs: k GPUs × batch against one GPU × k·batch)."""
     by = {(t["exp"], t["gpus"], t["batch_per_gpu"]): t for t in table}
     out = []
     for exp in dict.fromkeys(t["exp"] for t in table):
@@ -186,8 +194,8 @@ def derive(records: list[dict], table: list[dict], batch: int, counts: list[int]
             if multi.get("tokens_per_s") and one.get("tokens_per_s"):
                 d["scaling_efficiency"] = round(multi["tokens_per_s"] / (k * one["tokens_per_s"]), 3)
                 d["meets_target"] = d["scaling_efficiency"] >= TARGET if k == 2 else None
-            a = next((r for r in records if (r["exp"], r["gpus"], r["batch_per_gpu"], r["repeat"]) == (exp, k, batch, 0)), {})
-            b = next((r for r in records if (r["exp"], r["gpus"], r["batch_per_gpu"]) == (exp, 1, k * batch)), {})
+            a = next((r for r in records if r.get("curve") and (r["exp"], r["gpus"], r["batch_per_gpu"]) == (exp, k, batch)), {})
+            b = next((r for r in records if r.get("curve") and (r["exp"], r["gpus"], r["batch_per_gpu"]) == (exp, 1, k * batch)), {})
             if a.get("val_bpd_end") is not None and b.get("val_bpd_end") is not None:
                 d["val_bpd_k_gpus"], d["val_bpd_one_gpu"] = a["val_bpd_end"], b["val_bpd_end"]
                 la, lb = dict(map(tuple, a["loss_curve"])), dict(map(tuple, b["loss_curve"]))
@@ -230,16 +238,18 @@ def report(meta: dict, table: list[dict], derived: list[dict]) -> None:
               f"{d.get('max_abs_train_loss_diff', '–')} ({d.get('train_loss_steps_compared', 0)}) |")
 
 
-def plan(args) -> list[tuple[str, int, int, int]]:
-    """(exp, GPUs, batch per GPU, repeat) in run order: the first repeat of every experiment with its
-    equal-global-batch run (k GPUs × batch vs one GPU × k·batch), then the other repeats; repeats
-    interleave settings and experiments, so drift (and a time budget) hits them alike."""
+def plan(args) -> list[tuple[str, int, int, int, bool]]:
+    """(exp, GPUs, batch per GPU, repeat, loss curve) in run order: the first repeat of every
+    experiment with its equal-global-batch loss-curve runs (k GPUs × batch vs one GPU × k·batch),
+    then the other repeats; repeats interleave settings and experiments, so drift (and a time
+    budget) hits them alike."""
     out = []
     for rep in range(args.repeats):
         for exp in args.exp:
-            out += [(exp, k, args.batch, rep) for k in args.counts]
+            out += [(exp, k, args.batch, rep, False) for k in args.counts]
             if rep == 0:
-                out += [(exp, 1, k * args.batch, 0) for k in args.counts[1:]]
+                for k in args.counts[1:]:
+                    out += [(exp, k, args.batch, 0, True), (exp, 1, k * args.batch, 0, True)]
     return out
 
 
@@ -257,7 +267,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup-steps", type=int, default=10, help="steps before the first timed window (callbacks.throughput.warmup)")
     ap.add_argument("--window", type=int, default=10, help="steps per throughput window (callbacks.throughput.window)")
     ap.add_argument("--windows", type=int, default=3, help="timed windows per run: max_steps = warm-up + windows × window")
-    ap.add_argument("--log-every", type=int, default=1, help="trainer.log_every_n_steps (1: the per-step loss curve)")
+    ap.add_argument("--log-every", type=int, default=None, help="trainer.log_every_n_steps of the throughput runs (default: --window)")
+    ap.add_argument("--curve-log-every", type=int, default=1, help="trainer.log_every_n_steps of the loss-curve runs")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--lr-warmup", type=int, default=10, help="optim.warmup_steps")
     ap.add_argument("--peak", type=float, default=989e12, help="dense bf16 peak FLOP/s per GPU (H100/H200 SXM)")
@@ -278,7 +289,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError:
         ap.error(f"--gpus {args.gpus}: comma-separated GPU counts, e.g. 2 or 2,4")
     if min(args.counts) < 1 or args.batch < 1 or args.repeats < 1 or args.window < 2 or args.windows < 1 \
-            or args.warmup_steps < 0 or args.log_every < 1:
+            or args.warmup_steps < 0 or (args.log_every or 1) < 1 or args.curve_log_every < 1:
         ap.error("--gpus, --batch, --repeats, --windows, --log-every must be >= 1, --window >= 2, --warmup-steps >= 0")
     bad = [x for x in args.overrides if "=" not in x]
     if bad:
@@ -298,7 +309,8 @@ def main(argv=None):
     steps = args.warmup_steps + args.windows * args.window
     meta = dict(card=card, gpus_on_host=have, torch=torch.__version__, commit=commit(), exps=args.exp, counts=args.counts,
                 batch_per_gpu=args.batch, steps=steps, warmup_steps=args.warmup_steps, window=args.window,
-                windows=args.windows, repeats=args.repeats, log_every_n_steps=args.log_every, text=args.text,
+                windows=args.windows, repeats=args.repeats, log_every_n_steps=args.log_every or args.window,
+                curve_log_every_n_steps=args.curve_log_every, text=args.text,
                 text_mb=args.text_mb if args.text == "auto" else None, val_windows=args.val_windows,
                 callback_warmup_key=warmup_key, overrides=args.overrides, target_efficiency_2_gpus=TARGET)
     path = Path(args.out) / f"ddp-{card_name() if args.accelerator == 'gpu' else 'cpu'}{args.tag}.json"
@@ -308,12 +320,12 @@ def main(argv=None):
         args.cache_dir = tmp / "data"
         args.text = build_text(tmp / "torch-sources.txt", args.text_mb) if args.text == "auto" else Path(args.text).resolve()
         t_start = time.time()
-        for exp, gpus, batch, rep in plan(args):
+        for exp, gpus, batch, rep, curve in plan(args):
             if args.time_budget is not None and time.time() - t_start > args.time_budget:
                 records.append(dict(exp=exp, gpus=gpus, batch_per_gpu=batch, global_batch=gpus * batch, repeat=rep,
-                                    skipped=f"time budget of {args.time_budget:g} s spent"))
+                                    curve=curve, skipped=f"time budget of {args.time_budget:g} s spent"))
             else:
-                records.append(run(exp, gpus, batch, args, tmp, warmup_key, rep))
+                records.append(run(exp, gpus, batch, args, tmp, warmup_key, rep, curve))
             print(_line(records[-1]), flush=True)
             write(path, meta, records, args.batch, args.counts)
     table, derived = write(path, meta, records, args.batch, args.counts)
@@ -322,7 +334,8 @@ def main(argv=None):
 
 
 def _line(r: dict) -> str:
-    head = f"    {r['exp']} {r['gpus']} GPU(s) × batch {r['batch_per_gpu']} (repeat {r['repeat']}):"
+    head = (f"    {r['exp']} {r['gpus']} GPU(s) × batch {r['batch_per_gpu']} "
+            f"({'loss curve' if r.get('curve') else 'repeat ' + str(r['repeat'])}):")
     if "error" in r or "skipped" in r:
         return f"{head} {r.get('error') or 'skipped: ' + r['skipped']}"
     ws = ", ".join(f"{w['tokens_per_s']:,.0f}" for w in r["windows"])

@@ -313,9 +313,11 @@ def test_ddp_reads_windows_and_losses_from_metrics_csv(bd, tmp_path):
 def test_ddp_medians_spread_efficiency_and_loss_comparison(bd):
     def rec(gpus, batch, rep, tok, curve=None, bpd=4.8):
         return dict(exp="enwik8", gpus=gpus, batch_per_gpu=batch, repeat=rep, tokens_per_s=tok, val_bpd_end=bpd,
-                    loss_curve=curve or [[0, 5.0], [1, 4.9]])
-    records = [rec(1, 2, 0, 100_000), rec(2, 2, 0, 185_000, [[0, 5.0], [1, 4.91]]), rec(1, 2, 1, 96_000), rec(2, 2, 1, 190_000),
-               rec(1, 2, 2, 104_000), rec(2, 2, 2, 180_000), rec(1, 4, 0, 150_000, bpd=4.81),
+                    curve=curve is not None, loss_curve=curve or [[0, 4.0]])
+    records = [rec(1, 2, 0, 100_000), rec(2, 2, 0, 185_000), rec(1, 2, 1, 96_000), rec(2, 2, 1, 190_000),
+               rec(1, 2, 2, 104_000), rec(2, 2, 2, 180_000),
+               # the loss-curve runs (logged every step): compared, never counted in the throughput
+               rec(2, 2, 0, 1, [[0, 5.0], [1, 4.91]]), rec(1, 4, 0, 150_000, [[0, 5.0], [1, 4.9]], bpd=4.81),
                dict(exp="enwik8", gpus=2, batch_per_gpu=2, repeat=3, error="exit 1: boom")]
     table = bd.settings(records)
     one = next(t for t in table if (t["gpus"], t["batch_per_gpu"]) == (1, 2))
@@ -348,9 +350,17 @@ def test_ddp_arguments_and_command(bd, capsys):
 
 def test_ddp_plan_runs_the_loss_comparison_first_then_interleaves_repeats(bd):
     p = bd.plan(bd.parse_args(["--exp", "enwik8,imagenet64", "--repeats", "3"]))
-    assert p[:6] == [("enwik8", 1, 2, 0), ("enwik8", 2, 2, 0), ("enwik8", 1, 4, 0),
-                     ("imagenet64", 1, 2, 0), ("imagenet64", 2, 2, 0), ("imagenet64", 1, 4, 0)]
-    assert p[6:] == [(e, k, 2, r) for r in (1, 2) for e in ("enwik8", "imagenet64") for k in (1, 2)]
+    assert p[:8] == [("enwik8", 1, 2, 0, False), ("enwik8", 2, 2, 0, False), ("enwik8", 2, 2, 0, True), ("enwik8", 1, 4, 0, True),
+                     ("imagenet64", 1, 2, 0, False), ("imagenet64", 2, 2, 0, False), ("imagenet64", 2, 2, 0, True),
+                     ("imagenet64", 1, 4, 0, True)]
+    assert p[8:] == [(e, k, 2, r, False) for r in (1, 2) for e in ("enwik8", "imagenet64") for k in (1, 2)]
+
+
+def test_ddp_throughput_runs_log_per_window_and_loss_curve_runs_every_step(bd):
+    # a per-step log reads the loss on the host every step: a sync the throughput runs must not pay
+    a = SimpleNamespace(**{**vars(bd.parse_args([])), "text": "/t.txt", "cache_dir": "/c"})
+    assert "trainer.log_every_n_steps=10" in bd.command("enwik8", 2, 2, a, Path("/run"), True)
+    assert "trainer.log_every_n_steps=1" in bd.command("enwik8", 2, 2, a, Path("/run"), True, curve=True)
 
 
 def test_ddp_time_budget_records_skipped_runs(bd, tmp_path, capsys):
@@ -401,7 +411,7 @@ def test_ddp_bench_runs_one_and_two_cpu_processes(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((tmp_path / "ddp-cpu.json").read_text())
-    assert [(x["gpus"], x["batch_per_gpu"]) for x in res["runs"]] == [(1, 2), (2, 2), (1, 4)]
+    assert [(x["gpus"], x["batch_per_gpu"], x["curve"]) for x in res["runs"]] == [(1, 2, False), (2, 2, False), (2, 2, True), (1, 4, True)]
     for x in res["runs"]:
         assert "error" not in x and len(x["windows"]) == 2 and x["tokens_per_s"] > 0
     (d,) = res["derived"]
