@@ -114,6 +114,26 @@ def test_many_full_tiles_match_the_reference(tiles):
         assert max(errs) < 1e-5, (pattern, errs)
 
 
+@pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes; on a GPU: SPARSE_TRANSFORMER_TRITON_CONFIGS=flat")
+@pytest.mark.parametrize("bm,bn,qt", [(16, 16, 2), (32, 16, 3), (16, 32, 1), (16, 16, 4)])
+def test_band_kernels_match_the_float64_reference(bm, bn, qt, tiles, monkeypatch):
+    """The local band with several row (key) tiles per program (the ``flat`` candidates): windows
+    narrower and wider than a tile, lengths that leave a program's last tiles empty, the band as
+    strided's first pass (merged and as its own heads)."""
+    monkeypatch.setenv(tb.CONFIG_ENV, "flat")
+    monkeypatch.setattr(tb, "INTERPRET_QT", qt)
+    tiles(bm, bn)
+    launched = []
+    launch = tb._launch
+    monkeypatch.setattr(tb, "_launch", lambda name, *a, **k: (launched.append(name), launch(name, *a, **k))[1])
+    for pattern, l, n, kw in (("local", 8, 45, {}), ("local", 40, 100, {}), ("strided", 8, 61, dict(integration="merged")),
+                              ("strided", 4, 50, dict(integration="multihead"))):
+        heads = layer_heads(pattern, 2, l, **kw)
+        errs = _errors(heads, n, torch.float32, 16, 32, seed=n + qt)
+        assert max(errs) < 1e-5, (pattern, l, errs)
+    assert {"band_fwd", "band_dq", "band_dkdv"} <= set(launched) and "seq_fwd" in launched  # strided's column pass
+
+
 def test_empty_rows_are_exactly_zero_with_zero_gradient(tiles):
     """A summary-only head: the first block's rows before its slice attend nothing."""
     tiles(16, 16)

@@ -410,3 +410,139 @@ def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
     dv = dv + tl.load(dvptr, mask=gvalid[:, None], other=0.0).to(tl.float32)
     tl.store(dkptr, dk.to(DK.dtype.element_ty), mask=gvalid[:, None])
     tl.store(dvptr, dv.to(DV_.dtype.element_ty), mask=gvalid[:, None])
+
+
+# ------------------------------------------------------------------------------------------------
+# band kernels: the local band (a first pass with a window W) with QT row (or key) tiles per
+# program. Each program walks its QT tiles' (tile, key or row tile) pairs as one flat loop of
+# fixed length, so the next tile's loads are pipelined behind the current tile's work instead of
+# every tile paying its own loop's prologue (short rows: a band of l = 128 is 2-6 tiles a row).
+# State is reset where a tile starts (``first``) and written where it ends, by selects and masked
+# loads rather than branches, which the pipeliner would not see through.
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _band_fwd(Q, K, V, O, LSE, H0,
+              sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
+              n, H, Hg, RS, P, W, scale_log2e,
+              IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, QT: tl.constexpr):
+    group, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM * QT, H0)
+    if group * QT * BM >= len_r:
+        return
+    lead = tl.cdiv(W - 1, BN)  # key tiles before a row tile's first row: rows t attend (t - W, t]
+    nk = lead + tl.cdiv(BM, BN)
+    qb, kb, vb = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh
+    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
+    q = tl.zeros([BM, DQK], Q.dtype.element_ty)
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, DV], tl.float32)
+    for it in range(0, QT * nk):
+        qi = it // nk
+        kj = it - qi * nk
+        first = kj == 0
+        t0 = (group * QT + qi) * BM
+        t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
+        q = tl.where(first, _rows(Q, qb, pos, sqn, dq, valid & first), q)
+        m_i = tl.where(first, float("-inf"), m_i)
+        l_i = tl.where(first, 0.0, l_i)
+        acc = tl.where(first, 0.0, acc)
+        tk, kpos, kok = _seq_at(t0 + (kj - lead) * BN, r, RS, len_r, BN)
+        kok = kok & (tk >= 0)
+        k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
+        allowed = _seq_allowed(t, tk, len_r, W, 0) & kok[None, :]
+        m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
+        if kj == nk - 1:  # the tile's last key tile: its epilogue (stores only, no loads in the branch)
+            o, lse = _finish(acc, m_i, l_i)
+            tl.store(O + b * sob + h * soh + pos[:, None] * son + dv[None, :], o.to(O.dtype.element_ty),
+                     mask=valid[:, None])
+            tl.store(LSE + (b * H + h) * n + pos, lse, mask=valid)
+
+
+@triton.jit
+def _band_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
+                 sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh, sdob, sdon, sdoh,
+                 sdqb, sdqn, sdqh,
+                 n, H, Hg, RS, P, W, scale_log2e, scale,
+                 IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, QT: tl.constexpr):
+    """dq of QT row tiles; stores Δ = rowsum(dO·O) (from registers) where a tile starts."""
+    group, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM * QT, H0)
+    if group * QT * BM >= len_r:
+        return
+    lead = tl.cdiv(W - 1, BN)
+    nk = lead + tl.cdiv(BM, BN)
+    qb, kb, vb = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    q = tl.zeros([BM, DQK], Q.dtype.element_ty)
+    do = tl.zeros([BM, DV], DO.dtype.element_ty)
+    lse2 = tl.zeros([BM], tl.float32)
+    delta = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, DQK], tl.float32)
+    for it in range(0, QT * nk):
+        qi = it // nk
+        kj = it - qi * nk
+        first = kj == 0
+        t0 = (group * QT + qi) * BM
+        t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
+        fresh = valid & first
+        qn, don = _kv(Q, DO, qb, b * sdob + h * sdoh, pos, sqn, sdon, fresh, DQK, DV)
+        q = tl.where(first, qn, q)
+        do = tl.where(first, don, do)
+        row = (b * H + h) * n + pos
+        lse2n, _d = _row_stats(LSE, DELTA, row, fresh, True)
+        lse2 = tl.where(first, lse2n, lse2)
+        on = _rows(O, b * sob + h * soh, pos, son, dv_, fresh)
+        delta = tl.where(first, tl.sum(on.to(tl.float32) * don.to(tl.float32), 1), delta)
+        tl.store(DELTA + row, delta, mask=fresh)
+        acc = tl.where(first, 0.0, acc)
+        tk, kpos, kok = _seq_at(t0 + (kj - lead) * BN, r, RS, len_r, BN)
+        kok = kok & (tk >= 0)
+        k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
+        acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, 0) & kok[None, :], lse2, delta, scale_log2e, IEEE)
+        if kj == nk - 1:
+            tl.store(DQ + b * sdqb + h * sdqh + pos[:, None] * sdqn + dq_[None, :], (acc * scale).to(DQ.dtype.element_ty),
+                     mask=valid[:, None])
+
+
+@triton.jit
+def _band_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
+                   sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sdob, sdon, sdoh,
+                   sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
+                   n, H, Hg, RS, P, W, scale_log2e, scale,
+                   IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, QT: tl.constexpr):
+    """dk, dv of QT key tiles, each over the row tiles that may attend it (rows s .. s + BN + W - 2)."""
+    group, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BN * QT, H0)
+    if group * QT * BN >= len_r:
+        return
+    nq = tl.cdiv(BN + W - 1, BM)
+    kb, vb = b * skb + h * skh, b * svb + h * svh
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    k = tl.zeros([BN, DQK], K.dtype.element_ty)
+    v = tl.zeros([BN, DV], V.dtype.element_ty)
+    dk = tl.zeros([BN, DQK], tl.float32)
+    dv = tl.zeros([BN, DV], tl.float32)
+    for it in range(0, QT * nq):
+        ki = it // nq
+        qj = it - ki * nq
+        first = qj == 0
+        s0 = (group * QT + ki) * BN
+        tk, kpos, kvalid = _seq_at(s0, r, RS, len_r, BN)
+        kn, vn = _kv(K, V, kb, vb, kpos, skn, svn, kvalid & first, DQK, DV)
+        k = tl.where(first, kn, k)
+        v = tl.where(first, vn, v)
+        dk = tl.where(first, 0.0, dk)
+        dv = tl.where(first, 0.0, dv)
+        t, pos, valid = _seq_at(s0 + qj * BM, r, RS, len_r, BM)
+        q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
+        allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, 0)) & valid[None, :]
+        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
+        dk += ddk
+        dv += ddv
+        if qj == nq - 1:
+            tl.store(DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :], (dk * scale).to(DK.dtype.element_ty),
+                     mask=kvalid[:, None])
+            tl.store(DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :], dv.to(DV_.dtype.element_ty),
+                     mask=kvalid[:, None])

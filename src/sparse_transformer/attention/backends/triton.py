@@ -161,6 +161,7 @@ def _groups(spec_str: str) -> tuple[Group, ...]:
 # Kernel launch: autotuned on a GPU, fixed small tiles under the interpreter
 # ------------------------------------------------------------------------------------------------
 INTERPRET_TILES = (16, 16)  # (BM, BN) under TRITON_INTERPRET; tests vary it to cross tile edges
+INTERPRET_QT = 2  # tiles per program of the band kernels under TRITON_INTERPRET
 # Autotuning candidates (BM, BN, warps, stages), chosen by SPARSE_TRANSFORMER_TRITON_CONFIGS:
 # ``tuned`` (default) the few that won somewhere in bench/tune_kernels.py on an H200; ``one`` the
 # first of those (no tuning: GPU tests, fast start); ``wide`` the sweep that picked them.
@@ -168,8 +169,21 @@ _WIDE = [(32, 32, 2, 3), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64
          (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3)]
 _TUNED_FWD = [(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 4, 3), (32, 32, 2, 3), (64, 64, 4, 3)]
 _TUNED_BWD = [(32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 4, 3), (32, 32, 2, 3)]
+# ``flat``: the local band on the band kernels, (BM, BN, QT tiles per program, warps, stages); not
+# yet measured on a GPU, so not in ``tuned``: bench/tune_kernels.py --configs flat decides
+_FLAT_ROWS = [(64, 64, 4, 4, 3), (64, 64, 2, 4, 3), (64, 64, 8, 4, 3), (64, 32, 4, 4, 3), (128, 64, 2, 4, 3),
+              (64, 64, 1, 4, 3), (32, 32, 4, 2, 3)]
+_FLAT_KEYS = [(32, 64, 4, 4, 3), (32, 64, 2, 4, 3), (32, 64, 8, 4, 3), (64, 64, 4, 4, 3), (64, 64, 2, 4, 2),
+              (32, 64, 1, 4, 3), (32, 32, 4, 2, 3)]
 CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]),
-               "wide": dict(fwd=_WIDE, bwd=_WIDE)}
+               "wide": dict(fwd=_WIDE, bwd=_WIDE),
+               "flat": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD, band_rows=_FLAT_ROWS, band_keys=_FLAT_KEYS)}
+CONFIG_ENV = "SPARSE_TRANSFORMER_TRITON_CONFIGS"
+
+
+def band_kernels() -> bool:
+    """Whether the local band runs on the band kernels (the ``flat`` candidate set)."""
+    return os.environ.get(CONFIG_ENV, "tuned") == "flat"
 
 
 def _patch_interpreter() -> None:
@@ -202,11 +216,17 @@ def _kernels():
     def cfg(bm, bn, w, s):
         return triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
 
-    configs = os.environ.get("SPARSE_TRANSFORMER_TRITON_CONFIGS", "tuned")
+    def band_cfg(bm, bn, qt, w, s):
+        return triton.Config({"BM": bm, "BN": bn, "QT": qt}, num_warps=w, num_stages=s)
+
+    configs = os.environ.get(CONFIG_ENV, "tuned")
     if configs not in CONFIG_SETS:
-        raise ValueError(f"SPARSE_TRANSFORMER_TRITON_CONFIGS={configs} is unknown; valid: {', '.join(CONFIG_SETS)}")
+        raise ValueError(f"{CONFIG_ENV}={configs} is unknown; valid: {', '.join(CONFIG_SETS)}")
     fwd = [cfg(*c) for c in CONFIG_SETS[configs]["fwd"]]
     bwd = [cfg(*c) for c in CONFIG_SETS[configs]["bwd"]]
+    band_rows = [band_cfg(*c) for c in CONFIG_SETS[configs].get("band_rows", _FLAT_ROWS)]
+    band_keys = [band_cfg(*c) for c in CONFIG_SETS[configs].get("band_keys", _FLAT_KEYS)]
+    band_key = ["n", "H", "W", "DQK", "DV"]
     seq_key = ["n", "H", "RS", "W", "DQK", "DV", "EXCL"]
     fixed_key = ["n", "H", "L", "C", "DQK", "DV", "HAS_BLOCK"]
 
@@ -228,17 +248,22 @@ def _kernels():
         fixed_dq=tune(K._fixed_bwd_dq, bwd, fixed_key + ["HAS_SUMMARY"]),
         fixed_dkdv_own=tune(K._fixed_bwd_dkdv_own, bwd, fixed_key),
         fixed_dkdv_summary=tune(K._fixed_bwd_dkdv_summary, bwd, ["n", "H", "L", "C", "G", "DQK", "DV"], ("DK", "DV_")),
+        band_fwd=tune(K._band_fwd, band_rows, band_key),
+        band_dq=tune(K._band_bwd_dq, band_rows, band_key),
+        band_dkdv=tune(K._band_bwd_dkdv, band_keys, band_key),
     )
 
 
 def _launch(name: str, programs, *args, **kw):
-    """Launch kernel ``name`` on a 1-D grid of ``programs(BM, BN)`` programs."""
+    """Launch kernel ``name`` on a 1-D grid of ``programs(BM, BN, QT)`` programs (QT: the band
+    kernels' tiles per program, 1 for the others)."""
     kern = _kernels()[name]
     if interpreting():
         bm, bn = INTERPRET_TILES
-        kern[(programs(bm, bn),)](*args, **kw, BM=bm, BN=bn, num_warps=1)
+        band = dict(QT=INTERPRET_QT) if name.startswith("band_") else {}
+        kern[(programs(bm, bn, band.get("QT", 1)),)](*args, **kw, BM=bm, BN=bn, **band, num_warps=1)
     else:
-        kern[lambda meta: (programs(meta["BM"], meta["BN"]),)](*args, **kw)
+        kern[lambda meta: (programs(meta["BM"], meta["BN"], meta.get("QT", 1)),)](*args, **kw)
 
 
 def _strides(x: Tensor) -> tuple[int, int, int]:
@@ -275,12 +300,17 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
     for g in _groups(spec_str):
         h0, Hg = g.heads[0], len(g.heads)
         if g.kind == "fixed":
-            _launch("fixed_fwd", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, lse, h0, g.slice_mod, *common,
+            _launch("fixed_fwd", lambda bm, bn, qt: _cdiv(n, bm) * B * Hg, q, k, v, o, lse, h0, g.slice_mod, *common,
                     n, H, Hg, g.stride, max(g.summary, 1), scale * LOG2E,
                     HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, IEEE=_ieee(q), DQK=DQK, DV=DV)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            _launch("seq_fwd", lambda bm, bn, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm) * ps["P"] * B * Hg,
+            if p == 0 and g.kind != "stride" and band_kernels():
+                _launch("band_fwd", lambda bm, bn, qt, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm * qt) * ps["P"] * B * Hg,
+                        q, k, v, o, lse, h0, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E,
+                        IEEE=_ieee(q), DQK=DQK, DV=DV)
+                continue
+            _launch("seq_fwd", lambda bm, bn, qt, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm) * ps["P"] * B * Hg,
                     q, k, v, o, lse, h0, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E,
                     EXCL=ps["EXCL"], MERGE=p > 0, IEEE=_ieee(q), DQK=DQK, DV=DV)
     return o, lse
@@ -301,23 +331,27 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
         if g.kind == "fixed":
             L, C = g.stride, max(g.summary, 1)
             fx = dict(IEEE=ieee, DQK=DQK, DV=DV)
-            _launch("fixed_dq", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, do, dq, lse, delta, h0, S,
+            _launch("fixed_dq", lambda bm, bn, qt: _cdiv(n, bm) * B * Hg, q, k, v, o, do, dq, lse, delta, h0, S,
                     *qkv, *_strides(o), *_strides(do), *_strides(dq), n, H, Hg, L, C, scale * LOG2E, scale,
                     HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, **fx)
             kv_args = (*qkv, *_strides(do), *_strides(dk), *_strides(dv))
-            _launch("fixed_dkdv_own", lambda bm, bn: _cdiv(n, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta, h0, S,
+            _launch("fixed_dkdv_own", lambda bm, bn, qt: _cdiv(n, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta, h0, S,
                     *kv_args, n, H, Hg, L, C, scale * LOG2E, scale, HAS_BLOCK=g.block, **fx)
             G = (_cdiv(n, L) - 1) * C  # summary cells with a later block to serve
             if g.has_summary and G > 0:
-                _launch("fixed_dkdv_summary", lambda bm, bn: _cdiv(G, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta,
+                _launch("fixed_dkdv_summary", lambda bm, bn, qt: _cdiv(G, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta,
                         h0, S, *kv_args, n, H, Hg, L, C, G, scale * LOG2E, scale, **fx)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            sq = dict(EXCL=ps["EXCL"], ACCUM=p > 0, IEEE=ieee, DQK=DQK, DV=DV)
             shape = (n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E, scale)
-            _launch("seq_dq", lambda bm, bn, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm) * ps["P"] * B * Hg,
+            band = p == 0 and g.kind != "stride" and band_kernels()
+            sq = dict(IEEE=ieee, DQK=DQK, DV=DV) if band else dict(EXCL=ps["EXCL"], ACCUM=p > 0, IEEE=ieee, DQK=DQK, DV=DV)
+            rows = _cdiv(n, ps["RS"])
+            _launch("band_dq" if band else "seq_dq",
+                    lambda bm, bn, qt, ps=ps, rows=rows: _cdiv(rows, bm * qt) * ps["P"] * B * Hg,
                     q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **sq)
-            _launch("seq_dkdv", lambda bm, bn, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bn) * ps["P"] * B * Hg,
+            _launch("band_dkdv" if band else "seq_dkdv",
+                    lambda bm, bn, qt, ps=ps, rows=rows: _cdiv(rows, bn * qt) * ps["P"] * B * Hg,
                     q, k, v, do, dk, dv, lse, delta, h0, *qkv, *_strides(do), *_strides(dk), *_strides(dv), *shape, **sq)
     return dq, dk, dv
 
