@@ -17,6 +17,10 @@ prior blocks' summary cells of the head's slice, read in place by index (g -> bl
 l - (s+1)·c + g % c). The backward's dk/dv come from the own block (one kernel, all keys) and,
 for summary cells, from every later block (a second kernel over the summary cells that adds).
 
+``band`` and ``short`` kernels (candidates, SPARSE_TRANSFORMER_TRITON_CONFIGS=flat): the local band
+with QT row or key tiles per program, and causal passes over short residues with PP residues per
+program; each program's (tile, tile) pairs are one flat loop of precomputed length.
+
 Rows without any key (a summary-only head's first cells, a stride pass's first row) give o = 0,
 lse = -inf and zero gradients. No atomics: the backward is deterministic.
 """
@@ -137,6 +141,22 @@ def _seq_allowed(t, tk, len_r, W, EXCL: tl.constexpr):
 
 
 @triton.jit
+def _merged(o, lse, optr, lptr, valid):
+    """(o, lse) of the union with the first pass's softmax over disjoint keys (stored at optr, lptr),
+    by log-sum-exp."""
+    lse0 = tl.load(lptr, mask=valid, other=float("-inf"))
+    o0 = tl.load(optr, mask=valid[:, None], other=0.0).to(tl.float32)
+    mx = tl.maximum(lse0, lse)
+    mx = tl.where(mx == float("-inf"), 0.0, mx)
+    z = tl.exp(lse0 - mx) + tl.exp(lse - mx)
+    nz = z > 0.0
+    lse_u = tl.where(nz, mx + tl.log(tl.where(nz, z, 1.0)), float("-inf"))
+    ref = tl.where(nz, lse_u, 0.0)
+    o = o0 * tl.where(nz, tl.exp(lse0 - ref), 0.0)[:, None] + o * tl.where(nz, tl.exp(lse - ref), 0.0)[:, None]
+    return o, lse_u
+
+
+@triton.jit
 def _seq_fwd(Q, K, V, O, LSE, H0,
              sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
              n, H, Hg, RS, P, W, scale_log2e,
@@ -159,17 +179,8 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     o, lse = _finish(acc, m_i, l_i)
     optr = O + b * sob + h * soh + pos[:, None] * son + dv[None, :]
     lptr = LSE + (b * H + h) * n + pos
-    if MERGE:  # union with the first pass's softmax over disjoint keys, by log-sum-exp
-        lse0 = tl.load(lptr, mask=valid, other=float("-inf"))
-        o0 = tl.load(optr, mask=valid[:, None], other=0.0).to(tl.float32)
-        mx = tl.maximum(lse0, lse)
-        mx = tl.where(mx == float("-inf"), 0.0, mx)
-        z = tl.exp(lse0 - mx) + tl.exp(lse - mx)
-        nz = z > 0.0
-        lse_u = tl.where(nz, mx + tl.log(tl.where(nz, z, 1.0)), float("-inf"))
-        ref = tl.where(nz, lse_u, 0.0)
-        o = o0 * tl.where(nz, tl.exp(lse0 - ref), 0.0)[:, None] + o * tl.where(nz, tl.exp(lse - ref), 0.0)[:, None]
-        lse = lse_u
+    if MERGE:
+        o, lse = _merged(o, lse, optr, lptr, valid)
     tl.store(optr, o.to(O.dtype.element_ty), mask=valid[:, None])
     tl.store(lptr, lse, mask=valid)
 
@@ -546,3 +557,169 @@ def _band_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
                      mask=kvalid[:, None])
             tl.store(DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :], dv.to(DV_.dtype.element_ty),
                      mask=kvalid[:, None])
+
+
+# ------------------------------------------------------------------------------------------------
+# short kernels: causal passes over short problems (the stride pass, strided's column pass: n / l
+# rows each) with PP problems per program, their (row tile, key tile) pairs one flat loop. With
+# square tiles a problem of NT tiles has NT(NT + 1)/2 pairs: row tile i meets key tiles 0..i, key
+# tile j row tiles j..NT-1. A program's consecutive problems are the heads of one residue: the same
+# rows of (B, n, H, d), adjacent in memory.
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _tri_root(x):
+    """The largest i >= 0 with i(i + 1)/2 <= x (x >= 0)."""
+    i = ((tl.sqrt(8.0 * x.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
+    i = tl.where((i + 1) * (i + 2) // 2 <= x, i + 1, i)
+    return tl.where(i * (i + 1) // 2 > x, i - 1, i)
+
+
+@triton.jit
+def _short_problem(pr, n, Hg, RS, P, H0, NPROB):
+    """(b, h, r, len_r, exists) of problem ``pr``: the head varies fastest, then the residue, then the batch."""
+    rest = pr // Hg
+    return (rest // P).to(tl.int64), (H0 + pr % Hg).to(tl.int64), rest % P, (n - rest % P + RS - 1) // RS, pr < NPROB
+
+
+@triton.jit
+def _short_fwd(Q, K, V, O, LSE, H0,
+               sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
+               n, H, Hg, RS, P, W, NPROB, scale_log2e,
+               EXCL: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr,
+               DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, PP: tl.constexpr):
+    tl.static_assert(BM == BN)
+    nt = tl.cdiv(tl.cdiv(n, RS), BM)
+    npair = nt * (nt + 1) // 2
+    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
+    q = tl.zeros([BM, DQK], Q.dtype.element_ty)
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, DV], tl.float32)
+    for it in range(0, PP * npair):
+        pp = it // npair
+        pi = it - pp * npair
+        i = _tri_root(pi)
+        j = pi - i * (i + 1) // 2
+        first = j == 0
+        b, h, r, len_r, exists = _short_problem(tl.program_id(0) * PP + pp, n, Hg, RS, P, H0, NPROB)
+        t, pos, valid = _seq_at(i * BM, r, RS, len_r, BM)
+        valid = valid & exists
+        q = tl.where(first, _rows(Q, b * sqb + h * sqh, pos, sqn, dq, valid & first), q)
+        m_i = tl.where(first, float("-inf"), m_i)
+        l_i = tl.where(first, 0.0, l_i)
+        acc = tl.where(first, 0.0, acc)
+        tk, kpos, kok = _seq_at(j * BN, r, RS, len_r, BN)
+        kok = kok & exists
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
+        allowed = _seq_allowed(t, tk, len_r, W, EXCL) & kok[None, :]
+        m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
+        if j == i:  # the row tile's last key tile: its epilogue
+            o, lse = _finish(acc, m_i, l_i)
+            optr = O + b * sob + h * soh + pos[:, None] * son + dv[None, :]
+            lptr = LSE + (b * H + h) * n + pos
+            if MERGE:
+                o, lse = _merged(o, lse, optr, lptr, valid)
+            tl.store(optr, o.to(O.dtype.element_ty), mask=valid[:, None])
+            tl.store(lptr, lse, mask=valid)
+
+
+@triton.jit
+def _short_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
+                  sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh, sdob, sdon, sdoh,
+                  sdqb, sdqn, sdqh,
+                  n, H, Hg, RS, P, W, NPROB, scale_log2e, scale,
+                  EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
+                  DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, PP: tl.constexpr):
+    """dq of PP problems; a first pass (not ``ACCUM``) also stores Δ = rowsum(dO·O) from registers."""
+    tl.static_assert(BM == BN)
+    nt = tl.cdiv(tl.cdiv(n, RS), BM)
+    npair = nt * (nt + 1) // 2
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    q = tl.zeros([BM, DQK], Q.dtype.element_ty)
+    do = tl.zeros([BM, DV], DO.dtype.element_ty)
+    lse2 = tl.zeros([BM], tl.float32)
+    delta = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, DQK], tl.float32)
+    for it in range(0, PP * npair):
+        pp = it // npair
+        pi = it - pp * npair
+        i = _tri_root(pi)
+        j = pi - i * (i + 1) // 2
+        first = j == 0
+        b, h, r, len_r, exists = _short_problem(tl.program_id(0) * PP + pp, n, Hg, RS, P, H0, NPROB)
+        t, pos, valid = _seq_at(i * BM, r, RS, len_r, BM)
+        valid = valid & exists
+        fresh = valid & first
+        qn, don = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, fresh, DQK, DV)
+        q = tl.where(first, qn, q)
+        do = tl.where(first, don, do)
+        row = (b * H + h) * n + pos
+        lse2n, deltan = _row_stats(LSE, DELTA, row, fresh, not ACCUM)
+        if not ACCUM:
+            on = _rows(O, b * sob + h * soh, pos, son, dv_, fresh)
+            deltan = tl.sum(on.to(tl.float32) * don.to(tl.float32), 1)
+            tl.store(DELTA + row, deltan, mask=fresh)
+        lse2 = tl.where(first, lse2n, lse2)
+        delta = tl.where(first, deltan, delta)
+        acc = tl.where(first, 0.0, acc)
+        tk, kpos, kok = _seq_at(j * BN, r, RS, len_r, BN)
+        kok = kok & exists
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
+        acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL) & kok[None, :], lse2, delta, scale_log2e, IEEE)
+        if j == i:
+            dqptr = DQ + b * sdqb + h * sdqh + pos[:, None] * sdqn + dq_[None, :]
+            res = acc * scale
+            if ACCUM:
+                res += tl.load(dqptr, mask=valid[:, None], other=0.0).to(tl.float32)
+            tl.store(dqptr, res.to(DQ.dtype.element_ty), mask=valid[:, None])
+
+
+@triton.jit
+def _short_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
+                    sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sdob, sdon, sdoh,
+                    sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
+                    n, H, Hg, RS, P, W, NPROB, scale_log2e, scale,
+                    EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
+                    DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, PP: tl.constexpr):
+    """dk, dv of PP problems, key tile by key tile (key tile j: row tiles j..NT-1)."""
+    tl.static_assert(BM == BN)
+    nt = tl.cdiv(tl.cdiv(n, RS), BM)
+    npair = nt * (nt + 1) // 2
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    k = tl.zeros([BN, DQK], K.dtype.element_ty)
+    v = tl.zeros([BN, DV], V.dtype.element_ty)
+    dk = tl.zeros([BN, DQK], tl.float32)
+    dv = tl.zeros([BN, DV], tl.float32)
+    for it in range(0, PP * npair):
+        pp = it // npair
+        pi = it - pp * npair
+        u = _tri_root(pi)
+        w = pi - u * (u + 1) // 2
+        j = nt - 1 - u
+        first = w == 0
+        b, h, r, len_r, exists = _short_problem(tl.program_id(0) * PP + pp, n, Hg, RS, P, H0, NPROB)
+        tk, kpos, kvalid = _seq_at(j * BN, r, RS, len_r, BN)
+        kvalid = kvalid & exists
+        kn, vn = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kvalid & first, DQK, DV)
+        k = tl.where(first, kn, k)
+        v = tl.where(first, vn, v)
+        dk = tl.where(first, 0.0, dk)
+        dv = tl.where(first, 0.0, dv)
+        t, pos, valid = _seq_at((j + w) * BM, r, RS, len_r, BM)
+        valid = valid & exists
+        q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
+        allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
+        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
+        dk += ddk
+        dv += ddv
+        if w == u:
+            dkptr = DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :]
+            dvptr = DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :]
+            rk = dk * scale
+            rv = dv
+            if ACCUM:
+                rk += tl.load(dkptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
+                rv += tl.load(dvptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
+            tl.store(dkptr, rk.to(DK.dtype.element_ty), mask=kvalid[:, None])
+            tl.store(dvptr, rv.to(DV_.dtype.element_ty), mask=kvalid[:, None])

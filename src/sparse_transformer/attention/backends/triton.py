@@ -6,6 +6,12 @@ the pattern's structure: ``local`` loops over its band only, ``stride`` reads Op
 order in place with a row stride of l·H·d, merged ``strided`` is a band pass and a stride pass
 whose epilogue merges the two softmaxes, and ``fixed`` reads the summary cells in place by index.
 
+Candidate kernels not yet measured on a GPU (``SPARSE_TRANSFORMER_TRITON_CONFIGS=flat``): the band
+kernels run the local band with several row tiles per program and the short kernels run causal
+passes over residues of at most ``SHORT_MAX_ROWS`` rows with several residues per program, each
+program's (row tile, key tile) pairs one flat pipelined loop (short rows otherwise leave every
+program a loop of 1-6 tiles, bound by its prologue).
+
 They are ``torch.library`` custom ops with fake (meta) implementations, so a compiled model traces
 them as single nodes (no graph break) and CUDA graphs capture them; autotuning happens at the
 first call, which must therefore run before any capture (warm-up steps do). Heads whose parts are
@@ -161,7 +167,7 @@ def _groups(spec_str: str) -> tuple[Group, ...]:
 # Kernel launch: autotuned on a GPU, fixed small tiles under the interpreter
 # ------------------------------------------------------------------------------------------------
 INTERPRET_TILES = (16, 16)  # (BM, BN) under TRITON_INTERPRET; tests vary it to cross tile edges
-INTERPRET_QT = 2  # tiles per program of the band kernels under TRITON_INTERPRET
+INTERPRET_QT = 2  # tiles (band) or problems (short) per program under TRITON_INTERPRET
 # Autotuning candidates (BM, BN, warps, stages), chosen by SPARSE_TRANSFORMER_TRITON_CONFIGS:
 # ``tuned`` (default) the few that won somewhere in bench/tune_kernels.py on an H200; ``one`` the
 # first of those (no tuning: GPU tests, fast start); ``wide`` the sweep that picked them.
@@ -175,15 +181,28 @@ _FLAT_ROWS = [(64, 64, 4, 4, 3), (64, 64, 2, 4, 3), (64, 64, 8, 4, 3), (64, 32, 
               (64, 64, 1, 4, 3), (32, 32, 4, 2, 3)]
 _FLAT_KEYS = [(32, 64, 4, 4, 3), (32, 64, 2, 4, 3), (32, 64, 8, 4, 3), (64, 64, 4, 4, 3), (64, 64, 2, 4, 2),
               (32, 64, 1, 4, 3), (32, 32, 4, 2, 3)]
+# and the short causal passes (stride) on the short kernels: (BM = BN, PP problems per program, warps, stages)
+_FLAT_SHORT = [(64, 4, 4, 3), (64, 2, 4, 3), (64, 8, 4, 3), (32, 4, 2, 3), (32, 8, 2, 3), (128, 2, 8, 3), (64, 1, 4, 3)]
+SHORT_MAX_ROWS = 512  # problems up to this many rows (n / l) take the short kernels: one program holds whole problems
 CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]),
                "wide": dict(fwd=_WIDE, bwd=_WIDE),
-               "flat": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD, band_rows=_FLAT_ROWS, band_keys=_FLAT_KEYS)}
+               "flat": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD, band_rows=_FLAT_ROWS, band_keys=_FLAT_KEYS, short=_FLAT_SHORT)}
 CONFIG_ENV = "SPARSE_TRANSFORMER_TRITON_CONFIGS"
 
 
-def band_kernels() -> bool:
-    """Whether the local band runs on the band kernels (the ``flat`` candidate set)."""
+def flat_kernels() -> bool:
+    """Whether the band and short passes run on the flat-loop kernels (the ``flat`` candidate set)."""
     return os.environ.get(CONFIG_ENV, "tuned") == "flat"
+
+
+def _flat(g: "Group", p: int, ps: dict, n: int) -> str | None:
+    """``band`` (a local band, the first pass), ``short`` (a causal pass over residues of at most
+    SHORT_MAX_ROWS rows) or None (the seq kernels) for pass ``p`` of group ``g``."""
+    if not flat_kernels():
+        return None
+    if p == 0 and g.kind != "stride":
+        return "band"
+    return "short" if _cdiv(n, ps["RS"]) <= SHORT_MAX_ROWS else None
 
 
 def _patch_interpreter() -> None:
@@ -227,6 +246,8 @@ def _kernels():
     band_rows = [band_cfg(*c) for c in CONFIG_SETS[configs].get("band_rows", _FLAT_ROWS)]
     band_keys = [band_cfg(*c) for c in CONFIG_SETS[configs].get("band_keys", _FLAT_KEYS)]
     band_key = ["n", "H", "W", "DQK", "DV"]
+    short = [triton.Config({"BM": b, "BN": b, "PP": pp}, num_warps=w, num_stages=st)
+             for b, pp, w, st in CONFIG_SETS[configs].get("short", _FLAT_SHORT)]
     seq_key = ["n", "H", "RS", "W", "DQK", "DV", "EXCL"]
     fixed_key = ["n", "H", "L", "C", "DQK", "DV", "HAS_BLOCK"]
 
@@ -251,19 +272,27 @@ def _kernels():
         band_fwd=tune(K._band_fwd, band_rows, band_key),
         band_dq=tune(K._band_bwd_dq, band_rows, band_key),
         band_dkdv=tune(K._band_bwd_dkdv, band_keys, band_key),
+        short_fwd=tune(K._short_fwd, short, seq_key + ["MERGE"], ("O", "LSE")),
+        short_dq=tune(K._short_bwd_dq, short, seq_key + ["ACCUM"], ("DQ",)),
+        short_dkdv=tune(K._short_bwd_dkdv, short, seq_key + ["ACCUM"], ("DK", "DV_")),
     )
 
 
 def _launch(name: str, programs, *args, **kw):
-    """Launch kernel ``name`` on a 1-D grid of ``programs(BM, BN, QT)`` programs (QT: the band
-    kernels' tiles per program, 1 for the others)."""
+    """Launch kernel ``name`` on a 1-D grid of ``programs(BM, BN, per)`` programs (per: the band
+    kernels' tiles or the short kernels' problems per program, 1 for the others)."""
     kern = _kernels()[name]
     if interpreting():
         bm, bn = INTERPRET_TILES
-        band = dict(QT=INTERPRET_QT) if name.startswith("band_") else {}
-        kern[(programs(bm, bn, band.get("QT", 1)),)](*args, **kw, BM=bm, BN=bn, **band, num_warps=1)
+        extra = {}
+        if name.startswith("band_"):
+            extra = dict(QT=INTERPRET_QT)
+        elif name.startswith("short_"):
+            bm = bn = min(bm, bn)  # square tiles
+            extra = dict(PP=INTERPRET_QT)
+        kern[(programs(bm, bn, next(iter(extra.values()), 1)),)](*args, **kw, BM=bm, BN=bn, **extra, num_warps=1)
     else:
-        kern[lambda meta: (programs(meta["BM"], meta["BN"], meta.get("QT", 1)),)](*args, **kw)
+        kern[lambda meta: (programs(meta["BM"], meta["BN"], meta.get("QT", meta.get("PP", 1))),)](*args, **kw)
 
 
 def _strides(x: Tensor) -> tuple[int, int, int]:
@@ -305,10 +334,17 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
                     HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, IEEE=_ieee(q), DQK=DQK, DV=DV)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            if p == 0 and g.kind != "stride" and band_kernels():
+            flat = _flat(g, p, ps, n)
+            if flat == "band":
                 _launch("band_fwd", lambda bm, bn, qt, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm * qt) * ps["P"] * B * Hg,
                         q, k, v, o, lse, h0, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E,
                         IEEE=_ieee(q), DQK=DQK, DV=DV)
+                continue
+            if flat == "short":
+                nprob = ps["P"] * B * Hg
+                _launch("short_fwd", lambda bm, bn, pp, nprob=nprob: _cdiv(nprob, pp),
+                        q, k, v, o, lse, h0, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], nprob, scale * LOG2E,
+                        EXCL=ps["EXCL"], MERGE=p > 0, IEEE=_ieee(q), DQK=DQK, DV=DV)
                 continue
             _launch("seq_fwd", lambda bm, bn, qt, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm) * ps["P"] * B * Hg,
                     q, k, v, o, lse, h0, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E,
@@ -343,15 +379,25 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
                         h0, S, *kv_args, n, H, Hg, L, C, G, scale * LOG2E, scale, **fx)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            shape = (n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E, scale)
-            band = p == 0 and g.kind != "stride" and band_kernels()
-            sq = dict(IEEE=ieee, DQK=DQK, DV=DV) if band else dict(EXCL=ps["EXCL"], ACCUM=p > 0, IEEE=ieee, DQK=DQK, DV=DV)
-            rows = _cdiv(n, ps["RS"])
-            _launch("band_dq" if band else "seq_dq",
-                    lambda bm, bn, qt, ps=ps, rows=rows: _cdiv(rows, bm * qt) * ps["P"] * B * Hg,
+            shape = (n, H, Hg, ps["RS"], ps["P"], ps["W"])
+            flat = _flat(g, p, ps, n)
+            sq = dict(EXCL=ps["EXCL"], ACCUM=p > 0, IEEE=ieee, DQK=DQK, DV=DV)
+            rows, nprob = _cdiv(n, ps["RS"]), ps["P"] * B * Hg
+            if flat == "band":  # the band is always the first pass: no EXCL, no ACCUM
+                sq, shape = dict(IEEE=ieee, DQK=DQK, DV=DV), (*shape, scale * LOG2E, scale)
+                row_grid = lambda bm, bn, qt, rows=rows, nprob=nprob: _cdiv(rows, bm * qt) * nprob  # noqa: E731
+                key_grid = lambda bm, bn, qt, rows=rows, nprob=nprob: _cdiv(rows, bn * qt) * nprob  # noqa: E731
+            elif flat == "short":
+                shape = (*shape, nprob, scale * LOG2E, scale)
+                row_grid = key_grid = lambda bm, bn, pp, nprob=nprob: _cdiv(nprob, pp)  # noqa: E731
+            else:
+                shape = (*shape, scale * LOG2E, scale)
+                row_grid = lambda bm, bn, qt, rows=rows, nprob=nprob: _cdiv(rows, bm) * nprob  # noqa: E731
+                key_grid = lambda bm, bn, qt, rows=rows, nprob=nprob: _cdiv(rows, bn) * nprob  # noqa: E731
+            prefix = flat or "seq"
+            _launch(f"{prefix}_dq", row_grid,
                     q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **sq)
-            _launch("band_dkdv" if band else "seq_dkdv",
-                    lambda bm, bn, qt, ps=ps, rows=rows: _cdiv(rows, bn * qt) * ps["P"] * B * Hg,
+            _launch(f"{prefix}_dkdv", key_grid,
                     q, k, v, do, dk, dv, lse, delta, h0, *qkv, *_strides(do), *_strides(dk), *_strides(dv), *shape, **sq)
     return dq, dk, dv
 
