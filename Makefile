@@ -16,8 +16,9 @@ export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
 
-setup:  ## install torch (CPU 2.13.0, only if none is importable), then this package with its dev extra
+setup:  ## install torch (CPU 2.13.0) and triton (3.6.0, the tests run its kernels in its interpreter), each only if none is importable, then this package with its dev extra
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
+	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install triton==3.6.0
 	$(PYTHON) -m pip install -e ".[dev]"
 
 test:  ## every test that can run here (tests marked gpu skip themselves without a GPU)

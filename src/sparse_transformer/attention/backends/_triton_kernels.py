@@ -86,6 +86,28 @@ def _finish(acc, m_i, l_i):
 
 
 @triton.jit
+def _put_rows(X, base, pos, stride, d, x, valid, ACCUM: tl.constexpr = False):
+    """Store fp32 rows ``x`` at rows ``pos`` of a (B, n, H, d) tensor at head offset ``base``, added to
+    what is there when ``ACCUM`` (a second pass; each row is owned by one program)."""
+    ptr = X + base + pos[:, None] * stride + d[None, :]
+    if ACCUM:
+        x += tl.load(ptr, mask=valid[:, None], other=0.0).to(tl.float32)
+    tl.store(ptr, x.to(X.dtype.element_ty), mask=valid[:, None])
+
+
+@triton.jit
+def _put_o(O, LSE, ob, son, lrow, pos, acc, m_i, l_i, valid, DV: tl.constexpr, MERGE: tl.constexpr = False):
+    """A row tile's epilogue: o and lse (natural log) at its rows, merged with the first pass's
+    (already stored there) when ``MERGE``."""
+    o, lse = _finish(acc, m_i, l_i)
+    optr = O + ob + pos[:, None] * son + tl.arange(0, DV)[None, :]
+    if MERGE:
+        o, lse = _merged(o, lse, optr, LSE + lrow, valid)
+    tl.store(optr, o.to(O.dtype.element_ty), mask=valid[:, None])
+    tl.store(LSE + lrow, lse, mask=valid)
+
+
+@triton.jit
 def _row_stats(LSE, DELTA, row, valid, NO_DELTA: tl.constexpr = False):
     """The union's lse (base 2; +inf on empty rows, so p = 0 there) and Δ = rowsum(dO·O) of rows
     ``row`` (Δ = 0 without reading when ``NO_DELTA``: the caller computes it)."""
@@ -94,6 +116,21 @@ def _row_stats(LSE, DELTA, row, valid, NO_DELTA: tl.constexpr = False):
     if NO_DELTA:
         return lse2, tl.zeros_like(lse2)
     return lse2, tl.load(DELTA + row, mask=valid, other=0.0)
+
+
+@triton.jit
+def _dq_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, pos, sqn, sdon, son, row, valid,
+             DQK: tl.constexpr, DV: tl.constexpr, ACCUM: tl.constexpr):
+    """What a dq kernel holds of its rows: q, dO, the union's lse (base 2) and Δ = rowsum(dO·O);
+    a first pass (not ``ACCUM``) computes Δ from registers and stores it (reading back what other
+    threads of the program just stored would race), a second pass reads it."""
+    q, do = _kv(Q, DO, qb, dob, pos, sqn, sdon, valid, DQK, DV)
+    lse2, delta = _row_stats(LSE, DELTA, row, valid, not ACCUM)
+    if not ACCUM:
+        o = _rows(O, ob, pos, son, tl.arange(0, DV), valid)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(DELTA + row, delta, mask=valid)
+    return q, do, lse2, delta
 
 
 @triton.jit
@@ -167,7 +204,7 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     if t0 >= len_r:
         return
     t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
-    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
+    dq = tl.arange(0, DQK)
     q = _rows(Q, b * sqb + h * sqh, pos, sqn, dq, valid)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
@@ -176,13 +213,7 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
         m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, len_r, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
-    o, lse = _finish(acc, m_i, l_i)
-    optr = O + b * sob + h * soh + pos[:, None] * son + dv[None, :]
-    lptr = LSE + (b * H + h) * n + pos
-    if MERGE:
-        o, lse = _merged(o, lse, optr, lptr, valid)
-    tl.store(optr, o.to(O.dtype.element_ty), mask=valid[:, None])
-    tl.store(lptr, lse, mask=valid)
+    _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV, MERGE)
 
 
 @triton.jit
@@ -198,24 +229,15 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     if t0 >= len_r:
         return
     t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
-    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
-    row = (b * H + h) * n + pos
-    lse2, delta = _row_stats(LSE, DELTA, row, valid, not ACCUM)
-    if not ACCUM:  # Δ from registers: reading back what other threads of this program just stored would race
-        o = _rows(O, b * sob + h * soh, pos, son, dv_, valid)
-        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-        tl.store(DELTA + row, delta, mask=valid)
+    dq_ = tl.arange(0, DQK)
+    q, do, lse2, delta = _dq_rows(Q, DO, O, LSE, DELTA, b * sqb + h * sqh, b * sdob + h * sdoh, b * sob + h * soh, pos,
+                                  sqn, sdon, son, (b * H + h) * n + pos, valid, DQK, DV, ACCUM)
     acc = tl.zeros([BM, DQK], tl.float32)
     for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
         acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, IEEE)
-    acc = acc * scale
-    dqptr = DQ + b * sdqb + h * sdqh + pos[:, None] * sdqn + dq_[None, :]
-    if ACCUM:
-        acc += tl.load(dqptr, mask=valid[:, None], other=0.0).to(tl.float32)
-    tl.store(dqptr, acc.to(DQ.dtype.element_ty), mask=valid[:, None])
+    _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid, ACCUM)
 
 
 @triton.jit
@@ -245,14 +267,8 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
         dk += ddk
         dv += ddv
-    dk = dk * scale
-    dkptr = DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :]
-    dvptr = DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :]
-    if ACCUM:
-        dk += tl.load(dkptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
-        dv += tl.load(dvptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
-    tl.store(dkptr, dk.to(DK.dtype.element_ty), mask=kvalid[:, None])
-    tl.store(dvptr, dv.to(DV_.dtype.element_ty), mask=kvalid[:, None])
+    _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
+    _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,7 +317,7 @@ def _fixed_fwd(Q, K, V, O, LSE, H0, S,
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
     i0 = tile * BM
     i, i64, valid, i_last = _fixed_at(i0, n, BM)
-    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
+    dq = tl.arange(0, DQK)
     q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq, valid)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
@@ -318,9 +334,7 @@ def _fixed_fwd(Q, K, V, O, LSE, H0, S,
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, j.to(tl.int64), skn, svn, j < n, DQK, DV)
         allowed = _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK)
         m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
-    o, lse = _finish(acc, m_i, l_i)
-    tl.store(O + b * sob + h * soh + i64[:, None] * son + dv[None, :], o.to(O.dtype.element_ty), mask=valid[:, None])
-    tl.store(LSE + (b * H + h) * n + i64, lse, mask=valid)
+    _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + i64, i64, acc, m_i, l_i, valid, DV)
 
 
 @triton.jit
@@ -353,8 +367,7 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
         j = j0 + tl.arange(0, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, j.to(tl.int64), skn, svn, j < n, DQK, DV)
         acc += _dq_step(q, do, k, v, _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK), lse2, delta, scale_log2e, IEEE)
-    tl.store(DQ + b * sdqb + h * sdqh + i64[:, None] * sdqn + dq_[None, :], (acc * scale).to(DQ.dtype.element_ty),
-             mask=valid[:, None])
+    _put_rows(DQ, b * sdqb + h * sdqh, i64, sdqn, dq_, acc * scale, valid)
 
 
 @triton.jit
@@ -385,9 +398,8 @@ def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
         ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
         dk += ddk
         dv += ddv
-    tl.store(DK + b * sdkb + h * sdkh + j64[:, None] * sdkn + dq_[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=jvalid[:, None])
-    tl.store(DV_ + b * sdvb + h * sdvh + j64[:, None] * sdvn + dv_[None, :], dv.to(DV_.dtype.element_ty), mask=jvalid[:, None])
+    _put_rows(DK, b * sdkb + h * sdkh, j64, sdkn, dq_, dk * scale, jvalid)
+    _put_rows(DV_, b * sdvb + h * sdvh, j64, sdvn, dv_, dv, jvalid)
 
 
 @triton.jit
@@ -415,12 +427,8 @@ def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
         ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
         dk += ddk
         dv += ddv
-    dkptr = DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :]
-    dvptr = DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :]
-    dk = dk * scale + tl.load(dkptr, mask=gvalid[:, None], other=0.0).to(tl.float32)
-    dv = dv + tl.load(dvptr, mask=gvalid[:, None], other=0.0).to(tl.float32)
-    tl.store(dkptr, dk.to(DK.dtype.element_ty), mask=gvalid[:, None])
-    tl.store(dvptr, dv.to(DV_.dtype.element_ty), mask=gvalid[:, None])
+    _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, gvalid, True)
+    _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, gvalid, True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -443,7 +451,7 @@ def _band_fwd(Q, K, V, O, LSE, H0,
     lead = tl.cdiv(W - 1, BN)  # key tiles before a row tile's first row: rows t attend (t - W, t]
     nk = lead + tl.cdiv(BM, BN)
     qb, kb, vb = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh
-    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
+    dq = tl.arange(0, DQK)
     q = tl.zeros([BM, DQK], Q.dtype.element_ty)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
@@ -464,10 +472,7 @@ def _band_fwd(Q, K, V, O, LSE, H0,
         allowed = _seq_allowed(t, tk, len_r, W, 0) & kok[None, :]
         m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
         if kj == nk - 1:  # the tile's last key tile: its epilogue (stores only, no loads in the branch)
-            o, lse = _finish(acc, m_i, l_i)
-            tl.store(O + b * sob + h * soh + pos[:, None] * son + dv[None, :], o.to(O.dtype.element_ty),
-                     mask=valid[:, None])
-            tl.store(LSE + (b * H + h) * n + pos, lse, mask=valid)
+            _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV)
 
 
 @triton.jit
@@ -484,7 +489,7 @@ def _band_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     lead = tl.cdiv(W - 1, BN)
     nk = lead + tl.cdiv(BM, BN)
     qb, kb, vb = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh
-    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    dq_ = tl.arange(0, DQK)
     q = tl.zeros([BM, DQK], Q.dtype.element_ty)
     do = tl.zeros([BM, DV], DO.dtype.element_ty)
     lse2 = tl.zeros([BM], tl.float32)
@@ -496,24 +501,17 @@ def _band_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
         first = kj == 0
         t0 = (group * QT + qi) * BM
         t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
-        fresh = valid & first
-        qn, don = _kv(Q, DO, qb, b * sdob + h * sdoh, pos, sqn, sdon, fresh, DQK, DV)
-        q = tl.where(first, qn, q)
-        do = tl.where(first, don, do)
-        row = (b * H + h) * n + pos
-        lse2n, _d = _row_stats(LSE, DELTA, row, fresh, True)
-        lse2 = tl.where(first, lse2n, lse2)
-        on = _rows(O, b * sob + h * soh, pos, son, dv_, fresh)
-        delta = tl.where(first, tl.sum(on.to(tl.float32) * don.to(tl.float32), 1), delta)
-        tl.store(DELTA + row, delta, mask=fresh)
+        qn, don, lse2n, deltan = _dq_rows(Q, DO, O, LSE, DELTA, qb, b * sdob + h * sdoh, b * sob + h * soh, pos,
+                                          sqn, sdon, son, (b * H + h) * n + pos, valid & first, DQK, DV, False)
+        q, do = tl.where(first, qn, q), tl.where(first, don, do)
+        lse2, delta = tl.where(first, lse2n, lse2), tl.where(first, deltan, delta)
         acc = tl.where(first, 0.0, acc)
         tk, kpos, kok = _seq_at(t0 + (kj - lead) * BN, r, RS, len_r, BN)
         kok = kok & (tk >= 0)
         k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
         acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, 0) & kok[None, :], lse2, delta, scale_log2e, IEEE)
         if kj == nk - 1:
-            tl.store(DQ + b * sdqb + h * sdqh + pos[:, None] * sdqn + dq_[None, :], (acc * scale).to(DQ.dtype.element_ty),
-                     mask=valid[:, None])
+            _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid)
 
 
 @triton.jit
@@ -553,10 +551,8 @@ def _band_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         dk += ddk
         dv += ddv
         if qj == nq - 1:
-            tl.store(DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :], (dk * scale).to(DK.dtype.element_ty),
-                     mask=kvalid[:, None])
-            tl.store(DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :], dv.to(DV_.dtype.element_ty),
-                     mask=kvalid[:, None])
+            _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid)
+            _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -582,6 +578,22 @@ def _short_problem(pr, n, Hg, RS, P, H0, NPROB):
 
 
 @triton.jit
+def _short_pair(it, npair, nt, n, Hg, RS, P, H0, NPROB, PP: tl.constexpr, BY_KEYS: tl.constexpr):
+    """Iteration ``it`` of a short kernel's flat loop: (b, h, r, len_r, exists, row tile, key tile,
+    first, last of its group), the pairs grouped by row tile (row tile i: key tiles 0..i) or, when
+    ``BY_KEYS``, by key tile (key tile j: row tiles j..nt-1)."""
+    pp = it // npair
+    pi = it - pp * npair
+    u = _tri_root(pi)
+    w = pi - u * (u + 1) // 2
+    b, h, r, len_r, exists = _short_problem(tl.program_id(0) * PP + pp, n, Hg, RS, P, H0, NPROB)
+    i, j = u, w
+    if BY_KEYS:
+        i, j = nt - 1 - u + w, nt - 1 - u
+    return b, h, r, len_r, exists, i, j, w == 0, w == u
+
+
+@triton.jit
 def _short_fwd(Q, K, V, O, LSE, H0,
                sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
                n, H, Hg, RS, P, W, NPROB, scale_log2e,
@@ -590,18 +602,13 @@ def _short_fwd(Q, K, V, O, LSE, H0,
     tl.static_assert(BM == BN)
     nt = tl.cdiv(tl.cdiv(n, RS), BM)
     npair = nt * (nt + 1) // 2
-    dq, dv = tl.arange(0, DQK), tl.arange(0, DV)
+    dq = tl.arange(0, DQK)
     q = tl.zeros([BM, DQK], Q.dtype.element_ty)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
     for it in range(0, PP * npair):
-        pp = it // npair
-        pi = it - pp * npair
-        i = _tri_root(pi)
-        j = pi - i * (i + 1) // 2
-        first = j == 0
-        b, h, r, len_r, exists = _short_problem(tl.program_id(0) * PP + pp, n, Hg, RS, P, H0, NPROB)
+        b, h, r, len_r, exists, i, j, first, last = _short_pair(it, npair, nt, n, Hg, RS, P, H0, NPROB, PP, False)
         t, pos, valid = _seq_at(i * BM, r, RS, len_r, BM)
         valid = valid & exists
         q = tl.where(first, _rows(Q, b * sqb + h * sqh, pos, sqn, dq, valid & first), q)
@@ -613,14 +620,8 @@ def _short_fwd(Q, K, V, O, LSE, H0,
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
         allowed = _seq_allowed(t, tk, len_r, W, EXCL) & kok[None, :]
         m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
-        if j == i:  # the row tile's last key tile: its epilogue
-            o, lse = _finish(acc, m_i, l_i)
-            optr = O + b * sob + h * soh + pos[:, None] * son + dv[None, :]
-            lptr = LSE + (b * H + h) * n + pos
-            if MERGE:
-                o, lse = _merged(o, lse, optr, lptr, valid)
-            tl.store(optr, o.to(O.dtype.element_ty), mask=valid[:, None])
-            tl.store(lptr, lse, mask=valid)
+        if last:  # the row tile's last key tile: its epilogue
+            _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV, MERGE)
 
 
 @triton.jit
@@ -634,44 +635,27 @@ def _short_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     tl.static_assert(BM == BN)
     nt = tl.cdiv(tl.cdiv(n, RS), BM)
     npair = nt * (nt + 1) // 2
-    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    dq_ = tl.arange(0, DQK)
     q = tl.zeros([BM, DQK], Q.dtype.element_ty)
     do = tl.zeros([BM, DV], DO.dtype.element_ty)
     lse2 = tl.zeros([BM], tl.float32)
     delta = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DQK], tl.float32)
     for it in range(0, PP * npair):
-        pp = it // npair
-        pi = it - pp * npair
-        i = _tri_root(pi)
-        j = pi - i * (i + 1) // 2
-        first = j == 0
-        b, h, r, len_r, exists = _short_problem(tl.program_id(0) * PP + pp, n, Hg, RS, P, H0, NPROB)
+        b, h, r, len_r, exists, i, j, first, last = _short_pair(it, npair, nt, n, Hg, RS, P, H0, NPROB, PP, False)
         t, pos, valid = _seq_at(i * BM, r, RS, len_r, BM)
         valid = valid & exists
-        fresh = valid & first
-        qn, don = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, fresh, DQK, DV)
-        q = tl.where(first, qn, q)
-        do = tl.where(first, don, do)
-        row = (b * H + h) * n + pos
-        lse2n, deltan = _row_stats(LSE, DELTA, row, fresh, not ACCUM)
-        if not ACCUM:
-            on = _rows(O, b * sob + h * soh, pos, son, dv_, fresh)
-            deltan = tl.sum(on.to(tl.float32) * don.to(tl.float32), 1)
-            tl.store(DELTA + row, deltan, mask=fresh)
-        lse2 = tl.where(first, lse2n, lse2)
-        delta = tl.where(first, deltan, delta)
+        qn, don, lse2n, deltan = _dq_rows(Q, DO, O, LSE, DELTA, b * sqb + h * sqh, b * sdob + h * sdoh, b * sob + h * soh,
+                                          pos, sqn, sdon, son, (b * H + h) * n + pos, valid & first, DQK, DV, ACCUM)
+        q, do = tl.where(first, qn, q), tl.where(first, don, do)
+        lse2, delta = tl.where(first, lse2n, lse2), tl.where(first, deltan, delta)
         acc = tl.where(first, 0.0, acc)
         tk, kpos, kok = _seq_at(j * BN, r, RS, len_r, BN)
         kok = kok & exists
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
         acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL) & kok[None, :], lse2, delta, scale_log2e, IEEE)
-        if j == i:
-            dqptr = DQ + b * sdqb + h * sdqh + pos[:, None] * sdqn + dq_[None, :]
-            res = acc * scale
-            if ACCUM:
-                res += tl.load(dqptr, mask=valid[:, None], other=0.0).to(tl.float32)
-            tl.store(dqptr, res.to(DQ.dtype.element_ty), mask=valid[:, None])
+        if last:
+            _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid, ACCUM)
 
 
 @triton.jit
@@ -691,13 +675,7 @@ def _short_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
     for it in range(0, PP * npair):
-        pp = it // npair
-        pi = it - pp * npair
-        u = _tri_root(pi)
-        w = pi - u * (u + 1) // 2
-        j = nt - 1 - u
-        first = w == 0
-        b, h, r, len_r, exists = _short_problem(tl.program_id(0) * PP + pp, n, Hg, RS, P, H0, NPROB)
+        b, h, r, len_r, exists, i, j, first, last = _short_pair(it, npair, nt, n, Hg, RS, P, H0, NPROB, PP, True)
         tk, kpos, kvalid = _seq_at(j * BN, r, RS, len_r, BN)
         kvalid = kvalid & exists
         kn, vn = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kvalid & first, DQK, DV)
@@ -705,7 +683,7 @@ def _short_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         v = tl.where(first, vn, v)
         dk = tl.where(first, 0.0, dk)
         dv = tl.where(first, 0.0, dv)
-        t, pos, valid = _seq_at((j + w) * BM, r, RS, len_r, BM)
+        t, pos, valid = _seq_at(i * BM, r, RS, len_r, BM)
         valid = valid & exists
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
@@ -713,13 +691,6 @@ def _short_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
         dk += ddk
         dv += ddv
-        if w == u:
-            dkptr = DK + b * sdkb + h * sdkh + kpos[:, None] * sdkn + dq_[None, :]
-            dvptr = DV_ + b * sdvb + h * sdvh + kpos[:, None] * sdvn + dv_[None, :]
-            rk = dk * scale
-            rv = dv
-            if ACCUM:
-                rk += tl.load(dkptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
-                rv += tl.load(dvptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
-            tl.store(dkptr, rk.to(DK.dtype.element_ty), mask=kvalid[:, None])
-            tl.store(dvptr, rv.to(DV_.dtype.element_ty), mask=kvalid[:, None])
+        if last:
+            _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
+            _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)

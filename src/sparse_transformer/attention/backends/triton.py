@@ -175,14 +175,16 @@ _WIDE = [(32, 32, 2, 3), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64
          (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3)]
 _TUNED_FWD = [(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 4, 3), (32, 32, 2, 3), (64, 64, 4, 3)]
 _TUNED_BWD = [(32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 4, 3), (32, 32, 2, 3)]
-# ``flat``: the local band on the band kernels, (BM, BN, QT tiles per program, warps, stages); not
-# yet measured on a GPU, so not in ``tuned``: bench/tune_kernels.py --configs flat decides
-_FLAT_ROWS = [(64, 64, 4, 4, 3), (64, 64, 2, 4, 3), (64, 64, 8, 4, 3), (64, 32, 4, 4, 3), (128, 64, 2, 4, 3),
-              (64, 64, 1, 4, 3), (32, 32, 4, 2, 3)]
-_FLAT_KEYS = [(32, 64, 4, 4, 3), (32, 64, 2, 4, 3), (32, 64, 8, 4, 3), (64, 64, 4, 4, 3), (64, 64, 2, 4, 2),
-              (32, 64, 1, 4, 3), (32, 32, 4, 2, 3)]
-# and the short causal passes (stride) on the short kernels: (BM = BN, PP problems per program, warps, stages)
-_FLAT_SHORT = [(64, 4, 4, 3), (64, 2, 4, 3), (64, 8, 4, 3), (32, 4, 2, 3), (32, 8, 2, 3), (128, 2, 8, 3), (64, 1, 4, 3)]
+# ``flat``: the local band on the band kernels, (BM, BN, QT tiles per program, warps, stages), and
+# the short causal passes (stride) on the short kernels, (BM = BN, PP problems per program, warps,
+# stages). Not yet timed on a GPU, so not in ``tuned`` (bench/tune_kernels.py --configs flat
+# decides); chosen among configs that spill no registers at d 64 and 32 on sm_90, or barely
+# (bench/kernel_resources.py: at 4 warps and 64-row tiles the flat dq kernels spill 700-900 bytes)
+_FLAT_ROWS = [(64, 64, 4, 8, 3), (64, 64, 2, 8, 3), (64, 32, 4, 8, 3), (32, 64, 4, 8, 3), (32, 32, 4, 4, 3),
+              (32, 32, 8, 4, 3), (128, 64, 2, 8, 3)]
+_FLAT_KEYS = [(32, 64, 4, 8, 3), (32, 64, 2, 8, 3), (64, 64, 4, 8, 3), (64, 32, 4, 8, 3), (32, 32, 4, 4, 3),
+              (32, 32, 8, 4, 3), (32, 64, 8, 8, 3)]
+_FLAT_SHORT = [(64, 4, 8, 3), (64, 2, 8, 3), (64, 8, 8, 3), (32, 4, 4, 3), (32, 8, 4, 3), (32, 8, 8, 3), (32, 16, 8, 3)]
 SHORT_MAX_ROWS = 512  # problems up to this many rows (n / l) take the short kernels: one program holds whole problems
 CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]),
                "wide": dict(fwd=_WIDE, bwd=_WIDE),

@@ -1,0 +1,147 @@
+"""Registers, spilled bytes and shared memory of each triton kernel of the attention backend at each
+autotuning candidate, compiled for a GPU architecture on any machine: no GPU is needed (Triton's
+compiler and the ptxas and cuobjdump it bundles). It also shows that every kernel compiles for that
+architecture, which Triton's CPU interpreter (the tests) does not.
+
+    PYTHONPATH=src python3 bench/kernel_resources.py [--arch 90] [--dims 64,32] [--configs tuned,flat] \
+        [--kernels seq_fwd,band_dq,...]
+
+A kernel that spills (stack > 0) moves registers through local memory inside its loop; candidates
+are picked among configs that do not spill, or barely (the autotuner still times them on the GPU).
+Writes ``kernel-resources-sm<arch>.json`` under ``--out`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+POINTERS = {"Q", "K", "V", "O", "LSE", "DO", "DQ", "DELTA", "DK", "DV_"}
+FLOATS = {"scale_log2e", "scale"}
+
+
+def kernel_table(K) -> dict:
+    """name: (jit function, the constexpr flags of its first pass, which candidate list it takes)."""
+    first_fwd, first_bwd = dict(EXCL=0, MERGE=False), dict(EXCL=0, ACCUM=False)
+    return {
+        "seq_fwd": (K._seq_fwd, first_fwd, "fwd"), "seq_dq": (K._seq_bwd_dq, first_bwd, "bwd"),
+        "seq_dkdv": (K._seq_bwd_dkdv, first_bwd, "bwd"),
+        "fixed_fwd": (K._fixed_fwd, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "fwd"),
+        "fixed_dq": (K._fixed_bwd_dq, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "bwd"),
+        "fixed_dkdv_own": (K._fixed_bwd_dkdv_own, dict(HAS_BLOCK=True), "bwd"),
+        "fixed_dkdv_summary": (K._fixed_bwd_dkdv_summary, {}, "bwd"),
+        "band_fwd": (K._band_fwd, {}, "band_rows"), "band_dq": (K._band_bwd_dq, {}, "band_rows"),
+        "band_dkdv": (K._band_bwd_dkdv, {}, "band_keys"),
+        "short_fwd": (K._short_fwd, first_fwd, "short"), "short_dq": (K._short_bwd_dq, first_bwd, "short"),
+        "short_dkdv": (K._short_bwd_dkdv, first_bwd, "short"),
+    }
+
+
+def tiles(kind: str, c: tuple) -> tuple[dict, int, int]:
+    """(constexpr tiles, warps, stages) of a candidate tuple of list ``kind`` (triton.CONFIG_SETS)."""
+    if kind == "short":
+        b, pp, w, s = c
+        return dict(BM=b, BN=b, PP=pp), w, s
+    if kind.startswith("band"):
+        bm, bn, qt, w, s = c
+        return dict(BM=bm, BN=bn, QT=qt), w, s
+    bm, bn, w, s = c
+    return dict(BM=bm, BN=bn), w, s
+
+
+def compile_for(fn, consts: dict, arch: int, warps: int, stages: int, dtype: str = "bf16"):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in POINTERS:
+            sig[name] = "*fp32" if name in ("LSE", "DELTA") else f"*{dtype}"
+        else:
+            sig[name] = "fp32" if name in FLOATS else "i32"
+    return triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=warps, num_stages=stages))
+
+
+def resources(kernel) -> dict:
+    """Registers and stack (spilled bytes) per thread from cuobjdump, shared memory from Triton."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        out = subprocess.run([str(tool), "--dump-resource-usage", str(cubin)], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+).*?STACK:(\d+)", out)
+    return dict(regs=int(m.group(1)) if m else None, stack=int(m.group(2)) if m else None,
+                shared=int(kernel.metadata.shared))
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x10: 90 (H100/H200), 80 (A100)")
+    ap.add_argument("--dims", default="64,32", help="head dims d (d_qk = d_v), comma-separated; 64/128 for d_qk 64, d_v 128")
+    ap.add_argument("--configs", default="tuned,flat", help="candidate sets of the backend (its CONFIG_SETS), comma-separated")
+    ap.add_argument("--kernels", default="all", help="comma-separated kernel names, or all")
+    ap.add_argument("--out", default="bench/results")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ["TRITON_INTERPRET"] = "0"  # compiled kernels, not the interpreter's (read when triton.jit decorates)
+    from sparse_transformer.attention.backends import _triton_kernels as K
+    from sparse_transformer.attention.backends import triton as tb
+
+    table = kernel_table(K)
+    names = list(table) if args.kernels == "all" else [k.strip() for k in args.kernels.split(",")]
+    unknown = [k for k in names if k not in table]
+    if unknown:
+        raise SystemExit(f"--kernels: unknown {', '.join(unknown)}; valid: {', '.join(table)}")
+    sets = [s.strip() for s in args.configs.split(",")]
+    bad = [s for s in sets if s not in tb.CONFIG_SETS]
+    if bad:
+        raise SystemExit(f"--configs: unknown {', '.join(bad)}; valid: {', '.join(tb.CONFIG_SETS)}")
+    dims = [tuple(int(x) for x in d.split("/")) * (2 if "/" not in d else 1) for d in args.dims.split(",")]
+    rows = []
+    print(f"| kernel | d_qk/d_v | tiles | warps | stages | registers | spilled bytes | shared KB |\n|---|---|---|---|---|---|---|---|")
+    for name in names:
+        fn, flags, kind = table[name]
+        # a set without the band or short lists (tuned, one, wide) still builds those kernels with the flat lists
+        cands = list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s].get(kind, tb.CONFIG_SETS["flat"][kind])))
+        for dqk, dv in dims:
+            for c in cands:
+                t, w, st = tiles(kind, c)
+                t0 = time.time()
+                row = dict(kernel=name, d_qk=dqk, d_v=dv, **t, warps=w, stages=st, arch=args.arch)
+                try:
+                    row.update(resources(compile_for(fn, dict(flags, IEEE=False, DQK=dqk, DV=dv, **t), args.arch, w, st)))
+                except Exception as e:  # noqa: BLE001  a config the compiler refuses is a result too
+                    row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+                row["compile_s"] = round(time.time() - t0, 1)
+                rows.append(row)
+                tile = " ".join(f"{k}={v}" for k, v in t.items())
+                print(f"| {name} | {dqk}/{dv} | {tile} | {w} | {st} | {row.get('regs', '–')} | "
+                      f"{row.get('stack', row.get('error', '–'))} | {row.get('shared', 0) / 1024:.0f} |", flush=True)
+    path = Path(args.out) / f"kernel-resources-sm{args.arch}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import triton
+
+    path.write_text(json.dumps(dict(arch=args.arch, triton=triton.__version__, configs=sets, rows=rows), indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
