@@ -26,4 +26,7 @@ def test_kernels_compile_for_hopper_and_report_their_resources(tmp_path):
     for x in rows:
         assert "error" not in x, x
         assert 0 < x["regs"] <= 255 and x["stack"] >= 0 and x["shared"] > 0
+        # compiled as launched (divisibility hints): the key/value loads are pipelined; without the
+        # hints the compiler cannot prove wide loads and pipelines none, which would misreport them
+        assert x["pipelined_loads"] > 0
     assert "| seq_fwd | 32/32 | BM=64 BN=64 | 4 | 2 |" in r.stdout

@@ -178,13 +178,14 @@ _TUNED_BWD = [(32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 4, 3), (
 # ``flat``: the local band on the band kernels, (BM, BN, QT tiles per program, warps, stages), and
 # the short causal passes (stride) on the short kernels, (BM = BN, PP problems per program, warps,
 # stages). Not yet timed on a GPU, so not in ``tuned`` (bench/tune_kernels.py --configs flat
-# decides); chosen among configs that spill no registers at d 64 and 32 on sm_90, or barely
-# (bench/kernel_resources.py: at 4 warps and 64-row tiles the flat dq kernels spill 700-900 bytes)
-_FLAT_ROWS = [(64, 64, 4, 8, 3), (64, 64, 2, 8, 3), (64, 32, 4, 8, 3), (32, 64, 4, 8, 3), (32, 32, 4, 4, 3),
-              (32, 32, 8, 4, 3), (128, 64, 2, 8, 3)]
-_FLAT_KEYS = [(32, 64, 4, 8, 3), (32, 64, 2, 8, 3), (64, 64, 4, 8, 3), (64, 32, 4, 8, 3), (32, 32, 4, 4, 3),
-              (32, 32, 8, 4, 3), (32, 64, 8, 8, 3)]
-_FLAT_SHORT = [(64, 4, 8, 3), (64, 2, 8, 3), (64, 8, 8, 3), (32, 4, 4, 3), (32, 8, 4, 3), (32, 8, 8, 3), (32, 16, 8, 3)]
+# decides). Compiled for sm_90 as launched (bench/kernel_resources.py) they pipeline every load and
+# spill at most 40 bytes at d 64, but stage 50-115 KB of shared memory at 64-row tiles (a tile's
+# q/dO/O loads are pipelined on every pair): 32-row tiles are among the candidates for that reason
+_FLAT_ROWS = [(64, 64, 4, 4, 3), (64, 64, 4, 8, 3), (64, 32, 4, 4, 3), (64, 32, 4, 8, 3), (32, 64, 4, 8, 3),
+              (32, 32, 4, 4, 3), (64, 64, 2, 4, 2)]
+_FLAT_KEYS = [(32, 64, 4, 4, 3), (32, 64, 4, 8, 3), (64, 64, 4, 8, 3), (64, 32, 4, 8, 3), (32, 32, 4, 4, 3),
+              (32, 64, 2, 4, 2), (32, 64, 8, 4, 3)]
+_FLAT_SHORT = [(64, 4, 4, 3), (64, 4, 8, 3), (64, 2, 8, 3), (64, 8, 4, 2), (32, 4, 4, 3), (32, 8, 4, 3), (32, 16, 8, 3)]
 SHORT_MAX_ROWS = 512  # problems up to this many rows (n / l) take the short kernels: one program holds whole problems
 CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]),
                "wide": dict(fwd=_WIDE, bwd=_WIDE),
