@@ -145,7 +145,7 @@ def main(argv=None):
         raise SystemExit(f"--configs: unknown {', '.join(bad)}; valid: {', '.join(tb.CONFIG_SETS)}")
     dims = [tuple(int(x) for x in d.split("/")) * (2 if "/" not in d else 1) for d in args.dims.split(",")]
     rows = []
-    print(f"| kernel | d_qk/d_v | tiles | warps | stages | registers | spilled bytes | shared KB | pipelined loads |\n"
+    print("| kernel | d_qk/d_v | tiles | warps | stages | registers | spilled bytes | shared KB | pipelined loads |\n"
           "|---|---|---|---|---|---|---|---|---|")
     for name in names:
         fn, flags, kind = table[name]
