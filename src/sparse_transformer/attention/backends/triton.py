@@ -322,6 +322,26 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _pass_plan(g: Group, p: int, ps: dict, n: int, B: int, H: int, second: str, consts: dict):
+    """How pass ``p`` (``ps``) of group ``g`` launches, alike for the forward and both backward
+    kernels: (kernel prefix, its int arguments after the strides, its constexprs, the grid over row
+    tiles, the grid over key tiles); grids take (BM, BN, tiles or problems per program). ``second``
+    names the flag of a second pass (MERGE forward, ACCUM backward); the band is always a first pass,
+    with no EXCL, so its kernels take neither."""
+    flat = _flat(g, p, ps, n)
+    rows, nprob = _cdiv(n, ps["RS"]), ps["P"] * B * len(g.heads)
+    ints = (n, H, len(g.heads), ps["RS"], ps["P"], ps["W"])
+    if flat == "band":
+        return ("band", ints, consts, lambda bm, bn, qt: _cdiv(rows, bm * qt) * nprob,
+                lambda bm, bn, qt: _cdiv(rows, bn * qt) * nprob)
+    consts = {**consts, "EXCL": ps["EXCL"], second: p > 0}
+    if flat == "short":
+        grid = lambda bm, bn, pp: _cdiv(nprob, pp)  # noqa: E731
+        return "short", (*ints, nprob), consts, grid, grid
+    return ("seq", ints, consts, lambda bm, bn, qt: _cdiv(rows, bm) * nprob,
+            lambda bm, bn, qt: _cdiv(rows, bn) * nprob)
+
+
 def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tuple[Tensor, Tensor]:
     """o (B, n, H, dv) and lse (B, H, n, float32, natural log) for q, k (B, n, H, dqk), v (B, n, H, dv)."""
     B, n, H, DQK = q.shape
@@ -337,21 +357,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
                     HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, IEEE=_ieee(q), DQK=DQK, DV=DV)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            flat = _flat(g, p, ps, n)
-            if flat == "band":
-                _launch("band_fwd", lambda bm, bn, qt, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm * qt) * ps["P"] * B * Hg,
-                        q, k, v, o, lse, h0, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E,
-                        IEEE=_ieee(q), DQK=DQK, DV=DV)
-                continue
-            if flat == "short":
-                nprob = ps["P"] * B * Hg
-                _launch("short_fwd", lambda bm, bn, pp, nprob=nprob: _cdiv(nprob, pp),
-                        q, k, v, o, lse, h0, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], nprob, scale * LOG2E,
-                        EXCL=ps["EXCL"], MERGE=p > 0, IEEE=_ieee(q), DQK=DQK, DV=DV)
-                continue
-            _launch("seq_fwd", lambda bm, bn, qt, ps=ps: _cdiv(_cdiv(n, ps["RS"]), bm) * ps["P"] * B * Hg,
-                    q, k, v, o, lse, h0, *common, n, H, Hg, ps["RS"], ps["P"], ps["W"], scale * LOG2E,
-                    EXCL=ps["EXCL"], MERGE=p > 0, IEEE=_ieee(q), DQK=DQK, DV=DV)
+            kind, ints, consts, rows, _keys = _pass_plan(g, p, ps, n, B, H, "MERGE", dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
+            _launch(f"{kind}_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
     return o, lse
 
 
@@ -382,26 +389,12 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
                         h0, S, *kv_args, n, H, Hg, L, C, G, scale * LOG2E, scale, **fx)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            shape = (n, H, Hg, ps["RS"], ps["P"], ps["W"])
-            flat = _flat(g, p, ps, n)
-            sq = dict(EXCL=ps["EXCL"], ACCUM=p > 0, IEEE=ieee, DQK=DQK, DV=DV)
-            rows, nprob = _cdiv(n, ps["RS"]), ps["P"] * B * Hg
-            if flat == "band":  # the band is always the first pass: no EXCL, no ACCUM
-                sq, shape = dict(IEEE=ieee, DQK=DQK, DV=DV), (*shape, scale * LOG2E, scale)
-                row_grid = lambda bm, bn, qt, rows=rows, nprob=nprob: _cdiv(rows, bm * qt) * nprob  # noqa: E731
-                key_grid = lambda bm, bn, qt, rows=rows, nprob=nprob: _cdiv(rows, bn * qt) * nprob  # noqa: E731
-            elif flat == "short":
-                shape = (*shape, nprob, scale * LOG2E, scale)
-                row_grid = key_grid = lambda bm, bn, pp, nprob=nprob: _cdiv(nprob, pp)  # noqa: E731
-            else:
-                shape = (*shape, scale * LOG2E, scale)
-                row_grid = lambda bm, bn, qt, rows=rows, nprob=nprob: _cdiv(rows, bm) * nprob  # noqa: E731
-                key_grid = lambda bm, bn, qt, rows=rows, nprob=nprob: _cdiv(rows, bn) * nprob  # noqa: E731
-            prefix = flat or "seq"
-            _launch(f"{prefix}_dq", row_grid,
-                    q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **sq)
-            _launch(f"{prefix}_dkdv", key_grid,
-                    q, k, v, do, dk, dv, lse, delta, h0, *qkv, *_strides(do), *_strides(dk), *_strides(dv), *shape, **sq)
+            kind, ints, consts, rows, keys = _pass_plan(g, p, ps, n, B, H, "ACCUM", dict(IEEE=ieee, DQK=DQK, DV=DV))
+            shape = (*ints, scale * LOG2E, scale)
+            _launch(f"{kind}_dq", rows,
+                    q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **consts)
+            _launch(f"{kind}_dkdv", keys,
+                    q, k, v, do, dk, dv, lse, delta, h0, *qkv, *_strides(do), *_strides(dk), *_strides(dv), *shape, **consts)
     return dq, dk, dv
 
 
