@@ -17,7 +17,6 @@ Target (issue 14): CLI ≥ 90 % of the bench loop at a step of ≥ 50 ms. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ddp  # noqa: E402
 import train  # noqa: E402
 from attention import card_name, commit  # noqa: E402
+from sparse_transformer import files  # noqa: E402
 
 TARGET = 0.9
 
@@ -73,7 +73,7 @@ def main(argv=None):
     cli_argv = ["--gpus", "1", "--exp", args.shape, "--batch", str(args.batch), "--warmup-steps", str(args.warmup_steps),
                 "--window", str(args.window), "--windows", str(args.windows), "--log-every", str(args.window),
                 "--run-timeout", str(args.run_timeout),
-                f"model.compile=true", f"model.compile_mode={args.mode}", f"model.recompute={args.recompute}",
+                "model.compile=true", f"model.compile_mode={args.mode}", f"model.recompute={args.recompute}",
                 f"attention.backend={args.backend}", *args.overrides]
     dargs = ddp.parse_args(cli_argv)
     runs = []
@@ -99,8 +99,7 @@ def main(argv=None):
                meets_target=None if ratio is None else ratio >= TARGET and bench["step_s"] >= 0.05,
                cli_command=ddp.command(args.shape, 1, args.batch, dargs, Path("RUN_DIR"), True)[3:])
     path = Path(args.out) / f"cli-{card_name()}{args.tag}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rec, indent=1))
+    files.write_json(path, rec)
     print(f"\n| shape | mode | batch | recompute | bench loop tokens/s (step ms) | CLI tokens/s (runs) | CLI ÷ bench (target {TARGET}) |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.shape} | {args.mode} | {args.batch} | {rc} | {bench['tokens_per_s']:,} ({rec['bench_step_ms']}) | "

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attention import card_name, commit  # noqa: E402
+from sparse_transformer import files  # noqa: E402
 
 TARGET = 0.9  # 2-GPU weak-scaling efficiency (issue 14)
 # what makes an experiment run on a local text with its own model and sequence length
@@ -209,10 +210,7 @@ def derive(records: list[dict], table: list[dict], batch: int, counts: list[int]
 def write(path: Path, meta: dict, records: list[dict], batch: int, counts: list[int]) -> tuple[list, list]:
     table = settings(records)
     derived = derive(records, table, batch, counts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dict(meta=meta, settings=table, derived=derived, runs=records), indent=1))
-    os.replace(tmp, path)  # a cut run leaves the last whole file
+    files.write_json(path, dict(meta=meta, settings=table, derived=derived, runs=records))  # a cut run leaves the last whole file
     return table, derived
 
 

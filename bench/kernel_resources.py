@@ -17,7 +17,6 @@ Writes ``kernel-resources-sm<arch>.json`` under ``--out`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -168,11 +167,12 @@ def main(argv=None):
                 print(f"| {name} | {dqk}/{dv} | {tile} | {w} | {st} | {row.get('regs', '–')} | "
                       f"{row.get('stack', row.get('error', '–'))} | {row.get('shared', 0) / 1024:.0f} | {row.get('pipelined_loads', '–')} |",
                       flush=True)
-    path = Path(args.out) / f"kernel-resources-sm{args.arch}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     import triton
 
-    path.write_text(json.dumps(dict(arch=args.arch, triton=triton.__version__, configs=sets, rows=rows), indent=1))
+    from sparse_transformer import files
+
+    path = Path(args.out) / f"kernel-resources-sm{args.arch}.json"
+    files.write_json(path, dict(arch=args.arch, triton=triton.__version__, configs=sets, rows=rows))
     print(f"wrote {path}")
 
 

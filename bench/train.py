@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attention import card_name, commit, pyplot  # noqa: E402
+from sparse_transformer import files  # noqa: E402
 from sparse_transformer.attention import backends  # noqa: E402
 from sparse_transformer.attention.patterns import attended_pairs  # noqa: E402
 from sparse_transformer.config.schema import AttentionConfig, ModelConfig  # noqa: E402
@@ -563,10 +564,7 @@ def plot(recs: list[dict], path: Path) -> None:
 
 
 def write(path: Path, recs: list[dict], meta: dict, **extra) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"runs": recs, "meta": meta, "best_batch": best_batches(recs), **extra}, indent=1))
-    os.replace(tmp, path)  # a cut run leaves the last whole file
+    files.write_json(path, {"runs": recs, "meta": meta, "best_batch": best_batches(recs), **extra})  # a cut run leaves the last whole file
 
 
 def report(recs: list[dict], png: Path | None) -> None:
