@@ -64,12 +64,14 @@ def tiles(kind: str, c: tuple) -> tuple[dict, int, int]:
 # l 128, c 32): Triton's launcher specialises an int equal to 1 as a constant and one divisible
 # by 16 with a divisibility hint, and 16-byte-aligned pointers likewise; without them the compiler
 # cannot prove vector-wide loads, does not pipeline them, and the registers it reports differ.
-def launch_values(kind: str) -> dict:
+def launch_values(kernel: str) -> dict:
+    """The ints of ``kernel``'s launch: a band pass for the band kernels, a stride pass for the seq
+    and short ones (the fixed kernels take neither's RS, P, W)."""
     n, H, d, l = 16384, 16, 64, 128
     rows = dict(sqb=n * H * d, sqn=H * d, sqh=d)
     ints = {f"s{x}{y}": rows[f"sq{y}"] for x in ("q", "k", "v", "o", "do", "dq", "dk", "dv") for y in "bnh"}
     ints.update(n=n, H=H, Hg=H, H0=0, S=4, L=l, C=32, G=(n // l - 1) * 32)
-    if kind.startswith("band"):
+    if kernel.startswith("band"):
         ints.update(RS=1, P=1, W=l, NPROB=8 * H)
     else:  # a stride pass
         ints.update(RS=l, P=l, W=n + 1, NPROB=l * 8 * H)
@@ -157,8 +159,7 @@ def main(argv=None):
                 row = dict(kernel=name, d_qk=dqk, d_v=dv, **t, warps=w, stages=st, arch=args.arch)
                 try:
                     row.update(resources(compile_for(fn, dict(flags, IEEE=False, DQK=dqk, DV=dv, **t), args.arch, w, st,
-                                                     values=launch_values("band" if name.startswith("band") or
-                                                                          name.startswith("fixed") else "stride"))))
+                                                     values=launch_values(name))))
                 except Exception as e:  # noqa: BLE001  a config the compiler refuses is a result too
                     row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
                 row["compile_s"] = round(time.time() - t0, 1)
