@@ -71,7 +71,7 @@ def main(argv=None):
           f"(repeats {bench['step_s_runs']}), backend {bench['backend']}", flush=True)
 
     cli_argv = ["--gpus", "1", "--exp", args.shape, "--batch", str(args.batch), "--warmup-steps", str(args.warmup_steps),
-                "--window", str(args.window), "--windows", str(args.windows), "--log-every", str(args.window),
+                "--window", str(args.window), "--windows", str(args.windows),
                 "--run-timeout", str(args.run_timeout),
                 "model.compile=true", f"model.compile_mode={args.mode}", f"model.recompute={args.recompute}",
                 f"attention.backend={args.backend}", *args.overrides]
