@@ -36,10 +36,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
+def _dot(a, b, IEEE: tl.constexpr, acc=None):
+    """a·b (+ acc, accumulated by the MMA itself: no second register tile and add)."""
     if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.dot(a, b)
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -65,15 +66,20 @@ def _seq_at(t0, r, RS, len_r, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE: tl.constexpr):
+def _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE: tl.constexpr, MASKED: tl.constexpr = True):
     """One key tile of the online softmax (base 2, fp32). A row with no allowed key so far keeps
-    m = -inf and l = 0 (its shift is 0, so no inf - inf)."""
-    s = tl.where(allowed, _dot(q, tl.trans(k), IEEE) * scale_log2e, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m = -inf and l = 0 (its shift is 0, so no inf - inf). The scale is applied to the row max and
+    inside the exponent (one FMA an element, not a multiply and a subtract), and a tile whose every
+    key is allowed (``MASKED`` false) skips the select: the loop is bound by these per-element
+    instructions (exp2 and FP32 ops), not by its two matmuls, at d 64 and below."""
+    qk = _dot(q, tl.trans(k), IEEE)
+    if MASKED:
+        qk = tl.where(allowed, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * scale_log2e)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
-    return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    p = tl.exp2(qk * scale_log2e - m_safe[:, None])
+    return m_new, l_i * alpha + tl.sum(p, 1), _dot(p.to(v.dtype), v, IEEE, acc * alpha[:, None])
 
 
 @triton.jit
@@ -134,20 +140,27 @@ def _dq_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, pos, sqn, sdon, son, row, valid,
 
 
 @triton.jit
-def _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, IEEE: tl.constexpr):
-    """dq contribution (unscaled) of one key tile: dS·K with dS = P ∘ (dO·Vᵀ − Δ)."""
-    p = tl.where(allowed, tl.exp2(_dot(q, tl.trans(k), IEEE) * scale_log2e - lse2[:, None]), 0.0)
+def _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, acc, IEEE: tl.constexpr, MASKED: tl.constexpr = True):
+    """acc + the dq contribution (unscaled) of one key tile: dS·K with dS = P ∘ (dO·Vᵀ − Δ). Without ``MASKED``
+    every key must be allowed for every row that is stored (a zero-loaded key row adds dS·0)."""
+    p = tl.exp2(_dot(q, tl.trans(k), IEEE) * scale_log2e - lse2[:, None])
+    if MASKED:
+        p = tl.where(allowed, p, 0.0)
     ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
-    return _dot(ds.to(k.dtype), k, IEEE)
+    return _dot(ds.to(k.dtype), k, IEEE, acc)
 
 
 @triton.jit
-def _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE: tl.constexpr):
-    """(dk unscaled, dv) contributions of one query tile to a key tile, in transposed form."""
-    p_t = tl.where(allowed_t, tl.exp2(_dot(k, tl.trans(q), IEEE) * scale_log2e - lse2[None, :]), 0.0)
-    dv = _dot(p_t.to(do.dtype), do, IEEE)
+def _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE: tl.constexpr,
+               MASKED: tl.constexpr = True):
+    """(dk unscaled, dv) plus the contributions of one query tile to a key tile, in transposed form. Without
+    ``MASKED`` every query row must be allowed or zero-loaded (q = dO = 0, lse = Δ = 0 adds 0)."""
+    p_t = tl.exp2(_dot(k, tl.trans(q), IEEE) * scale_log2e - lse2[None, :])
+    if MASKED:
+        p_t = tl.where(allowed_t, p_t, 0.0)
+    dv = _dot(p_t.to(do.dtype), do, IEEE, dv)
     ds_t = p_t * (_dot(v, tl.trans(do), IEEE) - delta[None, :])
-    return _dot(ds_t.to(q.dtype), q, IEEE), dv
+    return _dot(ds_t.to(q.dtype), q, IEEE, dk), dv
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,7 +249,7 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
-        acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, IEEE)
+        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, acc, IEEE)
     _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid, ACCUM)
 
 
@@ -264,9 +277,7 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
         allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
-        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
-        dk += ddk
-        dv += ddv
+        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
     _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
     _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)
 
@@ -315,18 +326,24 @@ def _fixed_fwd(Q, K, V, O, LSE, H0, S,
                HAS_BLOCK: tl.constexpr, HAS_SUMMARY: tl.constexpr, IEEE: tl.constexpr,
                DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
-    i0 = tile * BM
+    i0 = (tl.cdiv(n, BM) - 1 - tile) * BM  # last row tiles (the most summary keys) first: no long tail
     i, i64, valid, i_last = _fixed_at(i0, n, BM)
     dq = tl.arange(0, DQK)
     q = _rows(Q, b * sqb + h * sqh, i64, sqn, dq, valid)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    if HAS_SUMMARY:  # the prior blocks' summary cells
+    if HAS_SUMMARY:  # the prior blocks' summary cells: whole tiles every row takes, then the rest
+        kbase, vbase = b * skb + h * skh, b * svb + h * svh
+        g_full = (i0 // L) * C // BN * BN
+        for g0 in range(0, g_full, BN):
+            kb, kpos, gvalid = _summary_keys(g0, g_full, L, C, off, BN)
+            k, v = _kv(K, V, kbase, vbase, kpos, skn, svn, gvalid, DQK, DV)
+            m_i, l_i, acc = _softmax_step(q, k, v, gvalid, m_i, l_i, acc, scale_log2e, IEEE, False)
         g_hi = (i_last // L) * C
-        for g0 in range(0, g_hi, BN):
+        for g0 in range(g_full, g_hi, BN):
             kb, kpos, gvalid = _summary_keys(g0, g_hi, L, C, off, BN)
-            k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, gvalid, DQK, DV)
+            k, v = _kv(K, V, kbase, vbase, kpos, skn, svn, gvalid, DQK, DV)
             allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
             m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
     for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):  # the own block, causal
@@ -346,7 +363,7 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
                   DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """dq (both loops of the forward); also computes and stores Δ = rowsum(dO·O)."""
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
-    i0 = tile * BM
+    i0 = (tl.cdiv(n, BM) - 1 - tile) * BM  # the longest rows first, as in the forward
     i, i64, valid, i_last = _fixed_at(i0, n, BM)
     dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
     q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, i64, sqn, sdon, valid, DQK, DV)
@@ -356,17 +373,23 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # from registers (a read-back would race)
     tl.store(DELTA + row, delta, mask=valid)
     acc = tl.zeros([BM, DQK], tl.float32)
-    if HAS_SUMMARY:
+    if HAS_SUMMARY:  # as in the forward: whole tiles unmasked, then the rest
+        kbase, vbase = b * skb + h * skh, b * svb + h * svh
+        g_full = (i0 // L) * C // BN * BN
+        for g0 in range(0, g_full, BN):
+            kb, kpos, gvalid = _summary_keys(g0, g_full, L, C, off, BN)
+            k, v = _kv(K, V, kbase, vbase, kpos, skn, svn, gvalid, DQK, DV)
+            acc = _dq_step(q, do, k, v, gvalid, lse2, delta, scale_log2e, acc, IEEE, False)
         g_hi = (i_last // L) * C
-        for g0 in range(0, g_hi, BN):
+        for g0 in range(g_full, g_hi, BN):
             kb, kpos, gvalid = _summary_keys(g0, g_hi, L, C, off, BN)
-            k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, gvalid, DQK, DV)
+            k, v = _kv(K, V, kbase, vbase, kpos, skn, svn, gvalid, DQK, DV)
             allowed = (kb[None, :] < (i // L)[:, None]) & gvalid[None, :]
-            acc += _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, IEEE)
+            acc = _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, acc, IEEE)
     for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):
         j = j0 + tl.arange(0, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, j.to(tl.int64), skn, svn, j < n, DQK, DV)
-        acc += _dq_step(q, do, k, v, _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK), lse2, delta, scale_log2e, IEEE)
+        acc = _dq_step(q, do, k, v, _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK), lse2, delta, scale_log2e, acc, IEEE)
     _put_rows(DQ, b * sdqb + h * sdqh, i64, sdqn, dq_, acc * scale, valid)
 
 
@@ -395,9 +418,7 @@ def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, i64, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + i64, valid)
         allowed_t = tl.trans(_fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK)) & valid[None, :]
-        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
-        dk += ddk
-        dv += ddv
+        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
     _put_rows(DK, b * sdkb + h * sdkh, j64, sdkn, dq_, dk * scale, jvalid)
     _put_rows(DV_, b * sdvb + h * sdvh, j64, sdvn, dv_, dv, jvalid)
 
@@ -417,16 +438,24 @@ def _fixed_bwd_dkdv_summary(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
     first = ((tile * BN) // C + 1) * L  # the block after the tile's first summary cell
-    for i0 in range(first // BM * BM, n, BM):
+    # from the block after its last cell on, every query takes every key of the tile: unmasked
+    full = tl.cdiv(((tl.minimum(tile * BN + BN, G) - 1) // C + 1) * L, BM) * BM
+    qbase, dobase = b * sqb + h * sqh, b * sdob + h * sdoh
+    for i0 in range(first // BM * BM, tl.minimum(full, n), BM):
         i = i0 + tl.arange(0, BM)
         valid = i < n
         i64 = i.to(tl.int64)
-        q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, i64, sqn, sdon, valid, DQK, DV)
+        q, do = _kv(Q, DO, qbase, dobase, i64, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + i64, valid)
         allowed_t = (kb[:, None] < (i // L)[None, :]) & gvalid[:, None] & valid[None, :]
-        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
-        dk += ddk
-        dv += ddv
+        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
+    for i0 in range(tl.maximum(full, first // BM * BM), n, BM):
+        i = i0 + tl.arange(0, BM)
+        valid = i < n
+        i64 = i.to(tl.int64)
+        q, do = _kv(Q, DO, qbase, dobase, i64, sqn, sdon, valid, DQK, DV)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + i64, valid)
+        dk, dv = _dkdv_step(k, v, q, do, valid, lse2, delta, scale_log2e, dk, dv, IEEE, False)
     _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, gvalid, True)
     _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, gvalid, True)
 
@@ -509,7 +538,7 @@ def _band_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
         tk, kpos, kok = _seq_at(t0 + (kj - lead) * BN, r, RS, len_r, BN)
         kok = kok & (tk >= 0)
         k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
-        acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, 0) & kok[None, :], lse2, delta, scale_log2e, IEEE)
+        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, 0) & kok[None, :], lse2, delta, scale_log2e, acc, IEEE)
         if kj == nk - 1:
             _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid)
 
@@ -547,9 +576,7 @@ def _band_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
         allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, 0)) & valid[None, :]
-        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
-        dk += ddk
-        dv += ddv
+        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
         if qj == nq - 1:
             _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid)
             _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid)
@@ -653,7 +680,7 @@ def _short_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
         tk, kpos, kok = _seq_at(j * BN, r, RS, len_r, BN)
         kok = kok & exists
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
-        acc += _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL) & kok[None, :], lse2, delta, scale_log2e, IEEE)
+        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL) & kok[None, :], lse2, delta, scale_log2e, acc, IEEE)
         if last:
             _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid, ACCUM)
 
@@ -688,9 +715,7 @@ def _short_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
         allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
-        ddk, ddv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, IEEE)
-        dk += ddk
-        dv += ddv
+        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
         if last:
             _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
             _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)
