@@ -127,3 +127,66 @@ def test_quiet_logs_drop_the_tips_and_the_pytree_line(caplog):
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`", FutureWarning)
     assert seen == []
     assert "anonymous" not in RunWandbLogger(project="p", save_dir=".", mode="offline")._wandb_init
+
+
+@pytest.fixture
+def cpu_fsdp(monkeypatch):
+    """FSDP on this CPU as it runs on one GPU: a gloo group of one process (torch's FSDP takes a CPU
+    given device_id=cpu; Lightning passes None; BlockFSDP, a subclass, passes Lightning's GPU check),
+    and bf16-mixed with the GPU's autocast, which runs layer_norm in fp32 (CPU autocast leaves it
+    mixed-dtype, an error)."""
+    import socket
+
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from lightning.pytorch.plugins.precision.fsdp import FSDPPrecision
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    init, layer_norm = FSDP.__init__, F.layer_norm
+
+    def on_cpu(self, module, *args, device_id=None, **kwargs):
+        init(self, module, *args, device_id=device_id or torch.device("cpu"), **kwargs)
+
+    def fp32_layer_norm(x, shape, weight=None, bias=None, eps=1e-5):
+        if not torch.is_autocast_enabled("cpu"):
+            return layer_norm(x, shape, weight, bias, eps)
+        with torch.autocast("cpu", enabled=False):
+            return layer_norm(x.float(), shape, *(None if t is None else t.float() for t in (weight, bias)), eps)
+
+    monkeypatch.setattr(FSDP, "__init__", on_cpu)
+    monkeypatch.setattr(F, "layer_norm", fp32_layer_norm)
+    monkeypatch.setattr(FSDPPrecision, "forward_context", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_trains_under_its_root_after_the_validation_before_training(tmp_path, cpu_fsdp):
+    """``fit`` validates, trains and validates one module with one strategy. Lightning's FSDP wrapped
+    no root at the second stage (the blocks were already wrapped): the blocks trained as FSDP units
+    without one, and last.ckpt failed (an H200, bf16-mixed: 'FSDP assumes net.blocks.0.ln1.weight is
+    in the state_dict'). The root is kept: every block is checkpointed and the model learns."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from sparse_transformer.training import trainer
+
+    cfg, _ = load_config(["exp=default", *TINY, f"data.cache_dir={tmp_path}/data", "trainer.accelerator=cpu",
+                          "trainer.devices=1", "trainer.precision=bf16-mixed", "optim.grad_clip=1.0",
+                          "trainer.max_steps=6", "optim.warmup_steps=2", "optim.lr=3e-3"])
+    cfg.trainer.strategy = "fsdp"  # after the config's checks, which refuse it without a GPU
+    built = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(trainer, "build_strategy", lambda cfg, _build=trainer.build_strategy: built.append(_build(cfg)) or built[-1])
+        summary = trainer.fit(cfg, tmp_path / "run")
+    (strategy,) = built
+    assert isinstance(strategy.model, FSDP) and strategy.model.module is strategy.lightning_module  # the root
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    names = {n for n, _ in SparseTransformerLM(config_dict(cfg), [64]).named_parameters()}
+    assert set(ck["state_dict"]) == names and ck["global_step"] == 6
+    assert summary["steps"] == 6 and summary["val_bpd_end"] < summary["val_bpd_start"] - 0.3

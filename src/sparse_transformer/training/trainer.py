@@ -39,10 +39,27 @@ def precision(cfg) -> str:
     return {"32": "32-true", "64": "64-true"}.get(p, p)
 
 
+class BlockFSDP(FSDPStrategy):
+    """Lightning's FSDPStrategy that keeps its root FSDP unit from one stage to the next (``fit`` runs
+    validate, fit, validate on one module). Lightning's auto-wrap replaces the blocks in place; at the
+    next stage it finds them wrapped, drops the policy and wraps no root (Lightning 2.6, its issue
+    #19015). Without a root the blocks' inputs are not cast and their post-backward callback never
+    runs: under bf16-mixed the blocks' parameters stay unregistered views, missing from the next
+    checkpoint's state dict (an AssertionError on an H200; tests/training/test_trainer.py).
+    Being a subclass, it skips Lightning's check for a GPU: preflight.py refuses fsdp without one."""
+
+    def _setup_model(self, model):
+        root = getattr(self, "_fsdp_root", None)
+        if root is not None and root.module is model:
+            return root
+        self._fsdp_root = super()._setup_model(model)
+        return self._fsdp_root
+
+
 def build_strategy(cfg):
     """auto | ddp | ddp_spawn as Lightning names them; fsdp sharded block by block."""
     if cfg.trainer.strategy == "fsdp":
-        return FSDPStrategy(auto_wrap_policy={Block})
+        return BlockFSDP(auto_wrap_policy={Block})
     return cfg.trainer.strategy
 
 
