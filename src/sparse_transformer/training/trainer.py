@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torchmetrics import Metric
 
 from .. import files
 from ..checkpoint import legacy_globals
@@ -51,6 +52,11 @@ class BlockFSDP(FSDPStrategy):
     def _setup_model(self, model):
         root = getattr(self, "_fsdp_root", None)
         if root is not None and root.module is model:
+            # what Lightning's own set-up does after wrapping: metrics are not FSDP's to move, and the
+            # last stage's teardown may have left their states on the CPU (an H200: val MeanMetric)
+            for m in root.modules():
+                if isinstance(m, Metric):
+                    m.to(self.root_device)
             return root
         self._fsdp_root = super()._setup_model(model)
         return self._fsdp_root
