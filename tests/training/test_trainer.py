@@ -190,3 +190,24 @@ def test_fsdp_trains_under_its_root_after_the_validation_before_training(tmp_pat
     names = {n for n, _ in SparseTransformerLM(config_dict(cfg), [64]).named_parameters()}
     assert set(ck["state_dict"]) == names and ck["global_step"] == 6
     assert summary["steps"] == 6 and summary["val_bpd_end"] < summary["val_bpd_start"] - 0.3
+
+
+def test_a_reused_fsdp_root_moves_the_metrics_to_the_device_again(monkeypatch):
+    """Lightning's FSDP set-up moves torchmetrics to the device after wrapping (FSDP does not move
+    them); a stage that reuses the root must too: on an H200 the validate after fit met its val
+    MeanMetric on the CPU, where the previous stage's teardown had left it."""
+    from torchmetrics import MeanMetric
+
+    from sparse_transformer.training.trainer import BlockFSDP
+
+    lit = torch.nn.Module()
+    lit.val_loss = MeanMetric()
+    root = torch.nn.Module()
+    root.module = lit
+    strategy = BlockFSDP()
+    strategy._fsdp_root = root
+    moved = []
+    monkeypatch.setattr(MeanMetric, "to", lambda self, device: moved.append((self, device)) or self)
+    monkeypatch.setattr(BlockFSDP, "root_device", property(lambda self: torch.device("cuda", 0)))
+    assert strategy._setup_model(lit) is root
+    assert moved == [(lit.val_loss, torch.device("cuda", 0))]
