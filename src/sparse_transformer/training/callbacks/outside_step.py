@@ -1,10 +1,10 @@
 """Whether a callback may run the network outside a training step (samples, attention maps).
 
 Under FSDP it may not: those passes call the blocks (each its own FSDP unit) outside the root's
-forward, where FSDP neither casts the fp32 embedding output to the blocks' bf16/fp16 weights nor
-keeps its state for the next checkpoint's state dict (seen on an H200: a dtype error, then a state
-dict missing every block); over several devices rank 0 alone would also wait for the other ranks'
-shards. ``sparse_transformer.sample`` on a checkpoint gives both after training."""
+forward, where FSDP does not cast the fp32 embedding output to the blocks' bf16/fp16 weights (seen
+on an H200: a dtype error); over several devices rank 0 alone would also wait for the other ranks'
+shards. ``sparse_transformer.sample`` on a checkpoint gives both after training. (The state dict
+that missed every block under FSDP had another cause: training/trainer.py, BlockFSDP.)"""
 
 from __future__ import annotations
 
