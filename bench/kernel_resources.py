@@ -3,8 +3,8 @@ autotuning candidate, compiled for a GPU architecture on any machine: no GPU is 
 compiler and the ptxas and cuobjdump it bundles). It also shows that every kernel compiles for that
 architecture, which Triton's CPU interpreter (the tests) does not.
 
-    PYTHONPATH=src python3 bench/kernel_resources.py [--arch 90] [--dims 64,32] [--configs tuned,flat] \
-        [--kernels seq_fwd,band_dq,...]
+    PYTHONPATH=src python3 bench/kernel_resources.py [--arch 90] [--dims 64,32] [--configs tuned] \
+        [--kernels seq_fwd,fixed_dq,...]
 
 Arguments are specialised as the launcher does at a representative launch (an int equal to 1 a
 constant, ints divisible by 16 and the pointers with divisibility hints): without that the compiler
@@ -41,21 +41,11 @@ def kernel_table(K) -> dict:
         "fixed_dq": (K._fixed_bwd_dq, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "bwd"),
         "fixed_dkdv_own": (K._fixed_bwd_dkdv_own, dict(HAS_BLOCK=True), "bwd"),
         "fixed_dkdv_summary": (K._fixed_bwd_dkdv_summary, {}, "bwd"),
-        "band_fwd": (K._band_fwd, {}, "band_rows"), "band_dq": (K._band_bwd_dq, {}, "band_rows"),
-        "band_dkdv": (K._band_bwd_dkdv, {}, "band_keys"),
-        "short_fwd": (K._short_fwd, first_fwd, "short"), "short_dq": (K._short_bwd_dq, first_bwd, "short"),
-        "short_dkdv": (K._short_bwd_dkdv, first_bwd, "short"),
     }
 
 
-def tiles(kind: str, c: tuple) -> tuple[dict, int, int]:
-    """(constexpr tiles, warps, stages) of a candidate tuple of list ``kind`` (triton.CONFIG_SETS)."""
-    if kind == "short":
-        b, pp, w, s = c
-        return dict(BM=b, BN=b, PP=pp), w, s
-    if kind.startswith("band"):
-        bm, bn, qt, w, s = c
-        return dict(BM=bm, BN=bn, QT=qt), w, s
+def tiles(c: tuple) -> tuple[dict, int, int]:
+    """(constexpr tiles, warps, stages) of a candidate tuple (BM, BN, warps, stages) of triton.CONFIG_SETS."""
     bm, bn, w, s = c
     return dict(BM=bm, BN=bn), w, s
 
@@ -65,16 +55,13 @@ def tiles(kind: str, c: tuple) -> tuple[dict, int, int]:
 # by 16 with a divisibility hint, and 16-byte-aligned pointers likewise; without them the compiler
 # cannot prove vector-wide loads, does not pipeline them, and the registers it reports differ.
 def launch_values(kernel: str) -> dict:
-    """The ints of ``kernel``'s launch: a band pass for the band kernels, a stride pass for the seq
-    and short ones (the fixed kernels take neither's RS, P, W)."""
+    """The ints of ``kernel``'s launch: a stride pass for the seq kernels (the fixed kernels take
+    none of its RS, P, W)."""
     n, H, d, l = 16384, 16, 64, 128
     rows = dict(sqb=n * H * d, sqn=H * d, sqh=d)
     ints = {f"s{x}{y}": rows[f"sq{y}"] for x in ("q", "k", "v", "o", "do", "dq", "dk", "dv") for y in "bnh"}
     ints.update(n=n, H=H, Hg=H, H0=0, S=4, L=l, C=32, G=(n // l - 1) * 32)
-    if kernel.startswith("band"):
-        ints.update(RS=1, P=1, W=l, NPROB=8 * H)
-    else:  # a stride pass
-        ints.update(RS=l, P=l, W=n + 1, NPROB=l * 8 * H)
+    ints.update(RS=l, P=l, W=n + 1)  # a stride pass
     return ints
 
 
@@ -123,7 +110,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10: 90 (H100/H200), 80 (A100)")
     ap.add_argument("--dims", default="64,32", help="head dims d (d_qk = d_v), comma-separated; 64/128 for d_qk 64, d_v 128")
-    ap.add_argument("--configs", default="tuned,flat", help="candidate sets of the backend (its CONFIG_SETS), comma-separated")
+    ap.add_argument("--configs", default="tuned", help="candidate sets of the backend (its CONFIG_SETS), comma-separated")
     ap.add_argument("--kernels", default="all", help="comma-separated kernel names, or all")
     ap.add_argument("--out", default="bench/results")
     return ap.parse_args(argv)
@@ -150,11 +137,10 @@ def main(argv=None):
           "|---|---|---|---|---|---|---|---|---|")
     for name in names:
         fn, flags, kind = table[name]
-        # a set without the band or short lists (tuned, one, wide) still builds those kernels with the flat lists
-        cands = list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s].get(kind, tb.CONFIG_SETS["flat"][kind])))
+        cands = list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s][kind]))
         for dqk, dv in dims:
             for c in cands:
-                t, w, st = tiles(kind, c)
+                t, w, st = tiles(c)
                 t0 = time.time()
                 row = dict(kernel=name, d_qk=dqk, d_v=dv, **t, warps=w, stages=st, arch=args.arch)
                 try:

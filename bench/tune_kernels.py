@@ -1,6 +1,6 @@
 """Tile-shape sweep of the triton backend's kernels (a development tool behind the autotuning lists).
 
-    PYTHONPATH=src python3 bench/tune_kernels.py [--configs wide|tuned|flat] [--shapes 16k,64k,in64,enwik8]
+    PYTHONPATH=src python3 bench/tune_kernels.py [--configs wide|tuned|one] [--shapes 16k,64k,in64,enwik8]
 
 For each shape and pattern it runs the triton backend once (autotuning every kernel over the
 chosen candidate list and recording each candidate's median time), checks the result against
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ap = argparse.ArgumentParser(description=__doc__)
-ap.add_argument("--configs", default="wide", help="candidate list: wide | tuned | one | flat (the band and short kernels)")
+ap.add_argument("--configs", default="wide", help="candidate list: wide | tuned | one")
 ap.add_argument("--shapes", default="16k,64k,in64,enwik8")
 ap.add_argument("--patterns", default="local,stride,strided,fixed")
 ap.add_argument("--out", default="bench/results")

@@ -114,57 +114,6 @@ def test_many_full_tiles_match_the_reference(tiles):
         assert max(errs) < 1e-5, (pattern, errs)
 
 
-@pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes; on a GPU: SPARSE_TRANSFORMER_TRITON_CONFIGS=flat")
-@pytest.mark.parametrize("bm,bn,per", [(16, 16, 2), (32, 16, 3), (16, 32, 1), (16, 16, 4)])
-def test_flat_kernels_match_the_float64_reference(bm, bn, per, tiles, monkeypatch):
-    """The ``flat`` candidates: the local band with several row (key) tiles per program, and the
-    short causal passes (stride, strided's column pass) with several residues per program; windows
-    narrower and wider than a tile, lengths that leave a program's last tiles or problems empty."""
-    monkeypatch.setenv(tb.CONFIG_ENV, "flat")
-    monkeypatch.setattr(tb, "INTERPRET_QT", per)
-    tiles(bm, bn)
-    launched = []
-    launch = tb._launch
-    monkeypatch.setattr(tb, "_launch", lambda name, *a, **k: (launched.append(name), launch(name, *a, **k))[1])
-    for pattern, l, n, kw in (("local", 8, 45, {}), ("local", 40, 100, {}), ("stride", 4, 50, {}), ("stride", 8, 61, {}),
-                              ("stride", 3, 140, {}),  # residues of 47 rows: several tiles, so several pairs per problem
-                              ("strided", 4, 150, dict(integration="merged")),
-                              ("strided", 4, 50, dict(integration="multihead"))):
-        heads = layer_heads(pattern, 2, l, **kw)
-        errs = _errors(heads, n, torch.float32, 16, 32, seed=n + per)
-        assert max(errs) < 1e-5, (pattern, l, errs)
-    assert set(launched) == {f"{k}_{s}" for k in ("band", "short") for s in ("fwd", "dq", "dkdv")}
-    # residues longer than SHORT_MAX_ROWS stay on the seq kernels (a program would hold a whole long problem)
-    monkeypatch.setattr(tb, "SHORT_MAX_ROWS", 4)
-    launched.clear()
-    assert max(_errors(layer_heads("strided", 2, 4, integration="merged"), 40, torch.float32, 16, 16, seed=1)) < 1e-5
-    assert {"band_fwd", "seq_fwd", "seq_dq", "seq_dkdv"} <= set(launched) and "short_fwd" not in launched
-
-
-if tb.importable():  # a jit kernel resolves the functions it calls among its module's globals
-    import triton
-    import triton.language as tl
-
-    from sparse_transformer.attention.backends import _triton_kernels as TK
-
-    @triton.jit
-    def _tri_roots(X, OUT, N: tl.constexpr):
-        x = tl.load(X + tl.arange(0, N))
-        tl.store(OUT + tl.arange(0, N), TK._tri_root(x))
-
-
-@pytest.mark.skipif(DEV != "cpu", reason="the interpreter's float32 sqrt; the GPU's is checked by the kernels")
-def test_the_short_kernels_pair_index_inverts_triangular_numbers():
-    i = torch.cat([torch.arange(1, 1500), torch.randint(1500, 40_000, (1235,), generator=torch.Generator().manual_seed(0))])
-    # around triangular numbers, up to 8e8: past 2^24 float32's sqrt needs the integer corrections
-    x = torch.cat([i * (i + 1) // 2 + d for d in (-1, 0, 1)]).clamp_min(0).to(torch.int32)[:8192]
-    out = torch.empty_like(x)
-    tb._kernels()  # the interpreter patch
-    _tri_roots[(1,)](x, out, N=x.numel())
-    want = ((torch.sqrt(8 * x.double() + 1) - 1) / 2).floor().to(torch.int32)
-    assert torch.equal(out, want)
-
-
 def test_empty_rows_are_exactly_zero_with_zero_gradient(tiles):
     """A summary-only head: the first block's rows before its slice attend nothing."""
     tiles(16, 16)

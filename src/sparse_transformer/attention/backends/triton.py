@@ -6,11 +6,8 @@ the pattern's structure: ``local`` loops over its band only, ``stride`` reads Op
 order in place with a row stride of l·H·d, merged ``strided`` is a band pass and a stride pass
 whose epilogue merges the two softmaxes, and ``fixed`` reads the summary cells in place by index.
 
-Candidate kernels not yet measured on a GPU (``SPARSE_TRANSFORMER_TRITON_CONFIGS=flat``): the band
-kernels run the local band with several row tiles per program and the short kernels run causal
-passes over residues of at most ``SHORT_MAX_ROWS`` rows with several residues per program, each
-program's (row tile, key tile) pairs one flat pipelined loop (short rows otherwise leave every
-program a loop of 1-6 tiles, bound by its prologue).
+Flat pipelined loops over several row tiles (local band) or residues (short stride passes) per
+program were tried and measured slower than these on an H200 (bench/results/tune-h200-flat.json).
 
 They are ``torch.library`` custom ops with fake (meta) implementations, so a compiled model traces
 them as single nodes (no graph break) and CUDA graphs capture them; autotuning happens at the
@@ -167,7 +164,6 @@ def _groups(spec_str: str) -> tuple[Group, ...]:
 # Kernel launch: autotuned on a GPU, fixed small tiles under the interpreter
 # ------------------------------------------------------------------------------------------------
 INTERPRET_TILES = (16, 16)  # (BM, BN) under TRITON_INTERPRET; tests vary it to cross tile edges
-INTERPRET_QT = 2  # tiles (band) or problems (short) per program under TRITON_INTERPRET
 # Autotuning candidates (BM, BN, warps, stages), chosen by SPARSE_TRANSFORMER_TRITON_CONFIGS:
 # ``tuned`` (default) the few that won somewhere in bench/tune_kernels.py on an H200; ``one`` the
 # first of those (no tuning: GPU tests, fast start); ``wide`` the sweep that picked them.
@@ -175,37 +171,9 @@ _WIDE = [(32, 32, 2, 3), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64
          (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3)]
 _TUNED_FWD = [(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 4, 3), (32, 32, 2, 3), (64, 64, 4, 3)]
 _TUNED_BWD = [(32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 4, 3), (32, 32, 2, 3)]
-# ``flat``: the local band on the band kernels, (BM, BN, QT tiles per program, warps, stages), and
-# the short causal passes (stride) on the short kernels, (BM = BN, PP problems per program, warps,
-# stages). Not yet timed on a GPU, so not in ``tuned`` (bench/tune_kernels.py --configs flat
-# decides). Compiled for sm_90 as launched (bench/kernel_resources.py) they pipeline every load and
-# spill at most 40 bytes at d 64, but stage 50-115 KB of shared memory at 64-row tiles (a tile's
-# q/dO/O loads are pipelined on every pair): 32-row tiles are among the candidates for that reason
-_FLAT_ROWS = [(64, 64, 4, 4, 3), (64, 64, 4, 8, 3), (64, 32, 4, 4, 3), (64, 32, 4, 8, 3), (32, 64, 4, 8, 3),
-              (32, 32, 4, 4, 3), (64, 64, 2, 4, 2)]
-_FLAT_KEYS = [(32, 64, 4, 4, 3), (32, 64, 4, 8, 3), (64, 64, 4, 8, 3), (64, 32, 4, 8, 3), (32, 32, 4, 4, 3),
-              (32, 64, 2, 4, 2), (32, 64, 8, 4, 3)]
-_FLAT_SHORT = [(64, 4, 4, 3), (64, 4, 8, 3), (64, 2, 8, 3), (64, 8, 4, 2), (32, 4, 4, 3), (32, 8, 4, 3), (32, 16, 8, 3)]
-SHORT_MAX_ROWS = 512  # problems up to this many rows (n / l) take the short kernels: one program holds whole problems
 CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]),
-               "wide": dict(fwd=_WIDE, bwd=_WIDE),
-               "flat": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD, band_rows=_FLAT_ROWS, band_keys=_FLAT_KEYS, short=_FLAT_SHORT)}
+               "wide": dict(fwd=_WIDE, bwd=_WIDE)}
 CONFIG_ENV = "SPARSE_TRANSFORMER_TRITON_CONFIGS"
-
-
-def flat_kernels() -> bool:
-    """Whether the band and short passes run on the flat-loop kernels (the ``flat`` candidate set)."""
-    return os.environ.get(CONFIG_ENV, "tuned") == "flat"
-
-
-def _flat(g: "Group", p: int, ps: dict, n: int) -> str | None:
-    """``band`` (a local band, the first pass), ``short`` (a causal pass over residues of at most
-    SHORT_MAX_ROWS rows) or None (the seq kernels) for pass ``p`` of group ``g``."""
-    if not flat_kernels():
-        return None
-    if p == 0 and g.kind != "stride":
-        return "band"
-    return "short" if _cdiv(n, ps["RS"]) <= SHORT_MAX_ROWS else None
 
 
 def _patch_interpreter() -> None:
@@ -238,19 +206,11 @@ def _kernels():
     def cfg(bm, bn, w, s):
         return triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
 
-    def band_cfg(bm, bn, qt, w, s):
-        return triton.Config({"BM": bm, "BN": bn, "QT": qt}, num_warps=w, num_stages=s)
-
     configs = os.environ.get(CONFIG_ENV, "tuned")
     if configs not in CONFIG_SETS:
         raise ValueError(f"{CONFIG_ENV}={configs} is unknown; valid: {', '.join(CONFIG_SETS)}")
     fwd = [cfg(*c) for c in CONFIG_SETS[configs]["fwd"]]
     bwd = [cfg(*c) for c in CONFIG_SETS[configs]["bwd"]]
-    band_rows = [band_cfg(*c) for c in CONFIG_SETS[configs].get("band_rows", _FLAT_ROWS)]
-    band_keys = [band_cfg(*c) for c in CONFIG_SETS[configs].get("band_keys", _FLAT_KEYS)]
-    band_key = ["n", "H", "W", "DQK", "DV"]
-    short = [triton.Config({"BM": b, "BN": b, "PP": pp}, num_warps=w, num_stages=st)
-             for b, pp, w, st in CONFIG_SETS[configs].get("short", _FLAT_SHORT)]
     seq_key = ["n", "H", "RS", "W", "DQK", "DV", "EXCL"]
     fixed_key = ["n", "H", "L", "C", "DQK", "DV", "HAS_BLOCK"]
 
@@ -272,30 +232,17 @@ def _kernels():
         fixed_dq=tune(K._fixed_bwd_dq, bwd, fixed_key + ["HAS_SUMMARY"]),
         fixed_dkdv_own=tune(K._fixed_bwd_dkdv_own, bwd, fixed_key),
         fixed_dkdv_summary=tune(K._fixed_bwd_dkdv_summary, bwd, ["n", "H", "L", "C", "G", "DQK", "DV"], ("DK", "DV_")),
-        band_fwd=tune(K._band_fwd, band_rows, band_key),
-        band_dq=tune(K._band_bwd_dq, band_rows, band_key),
-        band_dkdv=tune(K._band_bwd_dkdv, band_keys, band_key),
-        short_fwd=tune(K._short_fwd, short, seq_key + ["MERGE"], ("O", "LSE")),
-        short_dq=tune(K._short_bwd_dq, short, seq_key + ["ACCUM"], ("DQ",)),
-        short_dkdv=tune(K._short_bwd_dkdv, short, seq_key + ["ACCUM"], ("DK", "DV_")),
     )
 
 
 def _launch(name: str, programs, *args, **kw):
-    """Launch kernel ``name`` on a 1-D grid of ``programs(BM, BN, per)`` programs (per: the band
-    kernels' tiles or the short kernels' problems per program, 1 for the others)."""
+    """Launch kernel ``name`` on a 1-D grid of ``programs(BM, BN)`` programs."""
     kern = _kernels()[name]
     if interpreting():
         bm, bn = INTERPRET_TILES
-        extra = {}
-        if name.startswith("band_"):
-            extra = dict(QT=INTERPRET_QT)
-        elif name.startswith("short_"):
-            bm = bn = min(bm, bn)  # square tiles
-            extra = dict(PP=INTERPRET_QT)
-        kern[(programs(bm, bn, next(iter(extra.values()), 1)),)](*args, **kw, BM=bm, BN=bn, **extra, num_warps=1)
+        kern[(programs(bm, bn),)](*args, **kw, BM=bm, BN=bn, num_warps=1)
     else:
-        kern[lambda meta: (programs(meta["BM"], meta["BN"], meta.get("QT", meta.get("PP", 1))),)](*args, **kw)
+        kern[lambda meta: (programs(meta["BM"], meta["BN"]),)](*args, **kw)
 
 
 def _strides(x: Tensor) -> tuple[int, int, int]:
@@ -323,23 +270,14 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _pass_plan(g: Group, p: int, ps: dict, n: int, B: int, H: int, second: str, consts: dict):
-    """How pass ``p`` (``ps``) of group ``g`` launches, alike for the forward and both backward
-    kernels: (kernel prefix, its int arguments after the strides, its constexprs, the grid over row
-    tiles, the grid over key tiles); grids take (BM, BN, tiles or problems per program). ``second``
-    names the flag of a second pass (MERGE forward, ACCUM backward); the band is always a first pass,
-    with no EXCL, so its kernels take neither."""
-    flat = _flat(g, p, ps, n)
+    """How pass ``p`` (``ps``) of group ``g`` launches on the seq kernels, alike for the forward and
+    both backward kernels: (its int arguments after the strides, its constexprs, the grid over row
+    tiles, the grid over key tiles); grids take (BM, BN). ``second`` names the flag of a second pass
+    (MERGE forward, ACCUM backward)."""
     rows, nprob = _cdiv(n, ps["RS"]), ps["P"] * B * len(g.heads)
     ints = (n, H, len(g.heads), ps["RS"], ps["P"], ps["W"])
-    if flat == "band":
-        return ("band", ints, consts, lambda bm, bn, qt: _cdiv(rows, bm * qt) * nprob,
-                lambda bm, bn, qt: _cdiv(rows, bn * qt) * nprob)
     consts = {**consts, "EXCL": ps["EXCL"], second: p > 0}
-    if flat == "short":
-        grid = lambda bm, bn, pp: _cdiv(nprob, pp)  # noqa: E731
-        return "short", (*ints, nprob), consts, grid, grid
-    return ("seq", ints, consts, lambda bm, bn, qt: _cdiv(rows, bm) * nprob,
-            lambda bm, bn, qt: _cdiv(rows, bn) * nprob)
+    return ints, consts, lambda bm, bn: _cdiv(rows, bm) * nprob, lambda bm, bn: _cdiv(rows, bn) * nprob
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tuple[Tensor, Tensor]:
@@ -352,13 +290,13 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
     for g in _groups(spec_str):
         h0, Hg = g.heads[0], len(g.heads)
         if g.kind == "fixed":
-            _launch("fixed_fwd", lambda bm, bn, qt: _cdiv(n, bm) * B * Hg, q, k, v, o, lse, h0, g.slice_mod, *common,
+            _launch("fixed_fwd", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, lse, h0, g.slice_mod, *common,
                     n, H, Hg, g.stride, max(g.summary, 1), scale * LOG2E,
                     HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, IEEE=_ieee(q), DQK=DQK, DV=DV)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            kind, ints, consts, rows, _keys = _pass_plan(g, p, ps, n, B, H, "MERGE", dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
-            _launch(f"{kind}_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
+            ints, consts, rows, _keys = _pass_plan(g, p, ps, n, B, H, "MERGE", dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
+            _launch("seq_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
     return o, lse
 
 
@@ -377,23 +315,23 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
         if g.kind == "fixed":
             L, C = g.stride, max(g.summary, 1)
             fx = dict(IEEE=ieee, DQK=DQK, DV=DV)
-            _launch("fixed_dq", lambda bm, bn, qt: _cdiv(n, bm) * B * Hg, q, k, v, o, do, dq, lse, delta, h0, S,
+            _launch("fixed_dq", lambda bm, bn: _cdiv(n, bm) * B * Hg, q, k, v, o, do, dq, lse, delta, h0, S,
                     *qkv, *_strides(o), *_strides(do), *_strides(dq), n, H, Hg, L, C, scale * LOG2E, scale,
                     HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, **fx)
             kv_args = (*qkv, *_strides(do), *_strides(dk), *_strides(dv))
-            _launch("fixed_dkdv_own", lambda bm, bn, qt: _cdiv(n, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta, h0, S,
+            _launch("fixed_dkdv_own", lambda bm, bn: _cdiv(n, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta, h0, S,
                     *kv_args, n, H, Hg, L, C, scale * LOG2E, scale, HAS_BLOCK=g.block, **fx)
             G = (_cdiv(n, L) - 1) * C  # summary cells with a later block to serve
             if g.has_summary and G > 0:
-                _launch("fixed_dkdv_summary", lambda bm, bn, qt: _cdiv(G, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta,
+                _launch("fixed_dkdv_summary", lambda bm, bn: _cdiv(G, bn) * B * Hg, q, k, v, do, dk, dv, lse, delta,
                         h0, S, *kv_args, n, H, Hg, L, C, G, scale * LOG2E, scale, **fx)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            kind, ints, consts, rows, keys = _pass_plan(g, p, ps, n, B, H, "ACCUM", dict(IEEE=ieee, DQK=DQK, DV=DV))
+            ints, consts, rows, keys = _pass_plan(g, p, ps, n, B, H, "ACCUM", dict(IEEE=ieee, DQK=DQK, DV=DV))
             shape = (*ints, scale * LOG2E, scale)
-            _launch(f"{kind}_dq", rows,
+            _launch("seq_dq", rows,
                     q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **consts)
-            _launch(f"{kind}_dkdv", keys,
+            _launch("seq_dkdv", keys,
                     q, k, v, do, dk, dv, lse, delta, h0, *qkv, *_strides(do), *_strides(dk), *_strides(dv), *shape, **consts)
     return dq, dk, dv
 
