@@ -365,13 +365,9 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
     tile, b, h, off = _fixed_problem(tl.program_id(0), tl.cdiv(n, BM), Hg, H0, S, L, C)
     i0 = (tl.cdiv(n, BM) - 1 - tile) * BM  # the longest rows first, as in the forward
     i, i64, valid, i_last = _fixed_at(i0, n, BM)
-    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
-    q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, i64, sqn, sdon, valid, DQK, DV)
-    o = _rows(O, b * sob + h * soh, i64, son, dv_, valid)
-    row = (b * H + h) * n + i64
-    lse2, _d = _row_stats(LSE, DELTA, row, valid, True)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # from registers (a read-back would race)
-    tl.store(DELTA + row, delta, mask=valid)
+    dq_ = tl.arange(0, DQK)
+    q, do, lse2, delta = _dq_rows(Q, DO, O, LSE, DELTA, b * sqb + h * sqh, b * sdob + h * sdoh, b * sob + h * soh, i64,
+                                  sqn, sdon, son, (b * H + h) * n + i64, valid, DQK, DV, False)
     acc = tl.zeros([BM, DQK], tl.float32)
     if HAS_SUMMARY:  # as in the forward: whole tiles unmasked, then the rest
         kbase, vbase = b * skb + h * skh, b * svb + h * svh
