@@ -137,11 +137,10 @@ def test_callback_settings_are_validated(capsys):
         assert e.value.code == 2 and msg in err and err.count("\n") == 1
 
 
-
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_callbacks_skip_their_forward_under_fsdp(tmp_path, monkeypatch, world_size):
     # their forward passes call FSDP units outside the root's forward: a dtype error under mixed
-    # precision, then a checkpoint whose state dict misses every block (H200); on 2+ devices a hang
+    # precision (H200); on 2+ devices a hang
     from types import SimpleNamespace
 
     from lightning.pytorch.strategies import FSDPStrategy
