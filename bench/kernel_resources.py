@@ -36,7 +36,7 @@ def kernel_table(K) -> dict:
     first_fwd, first_bwd = dict(EXCL=0, MERGE=False), dict(EXCL=0, ACCUM=False)
     return {
         "seq_fwd": (K._seq_fwd, first_fwd, "fwd"), "seq_dq": (K._seq_bwd_dq, first_bwd, "bwd"),
-        "seq_dkdv": (K._seq_bwd_dkdv, first_bwd, "bwd"),
+        "seq_dkdv": (K._seq_bwd_dkdv, first_bwd, "bwd"), "seq_short": (K._seq_bwd_short, first_bwd, "short"),
         "fixed_fwd": (K._fixed_fwd, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "fwd"),
         "fixed_dq": (K._fixed_bwd_dq, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "bwd"),
         "fixed_dkdv_own": (K._fixed_bwd_dkdv_own, dict(HAS_BLOCK=True), "bwd"),
@@ -45,7 +45,10 @@ def kernel_table(K) -> dict:
 
 
 def tiles(c: tuple) -> tuple[dict, int, int]:
-    """(constexpr tiles, warps, stages) of a candidate tuple (BM, BN, warps, stages) of triton.CONFIG_SETS."""
+    """(constexpr tiles, warps, stages) of a candidate tuple (BM, BN, warps, stages) of triton.CONFIG_SETS,
+    or ("short", HALF, warps) of the one-program backward (at its largest problem, T = 128 rows)."""
+    if c[0] == "short":
+        return dict(T=128, HALF=c[1]), c[2], 1
     bm, bn, w, s = c
     return dict(BM=bm, BN=bn), w, s
 
@@ -137,7 +140,8 @@ def main(argv=None):
           "|---|---|---|---|---|---|---|---|---|")
     for name in names:
         fn, flags, kind = table[name]
-        cands = list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s][kind]))
+        cands = ([("short", h, w) for h, w in tb._SHORT] if kind == "short"
+                 else list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s][kind])))
         for dqk, dv in dims:
             for c in cands:
                 t, w, st = tiles(c)

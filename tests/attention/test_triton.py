@@ -91,13 +91,21 @@ def test_kernels_fp16_and_square_tiles(case, tiles):
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
-def test_stride_longer_than_one_tile_and_wide_band(tiles):
+@pytest.mark.parametrize("short", [True, False], ids=["one-program-backward", "dq-and-dkdv-kernels"])
+def test_stride_longer_than_one_tile_and_wide_band(tiles, short, monkeypatch):
     """Residue sequences of several tiles (n/l = 20 rows with 16-row tiles) and a band of several
-    key tiles (l = 40): the loops' bounds, not just one tile."""
+    key tiles (l = 40): the loops' bounds, not just one tile. The stride passes run as one program
+    per residue sequence (two 16-row tiles, 20 rows) or as the row-tile and key-tile kernels."""
     tiles(16, 16)
+    launched = []
+    launch = tb._launch_short
+    monkeypatch.setattr(tb, "_launch_short", lambda *a, **kw: launched.append(a[:3]) or launch(*a, **kw))
+    monkeypatch.setenv(tb.SHORT_ROWS_ENV, "128" if short else "0")
     for pattern, l in (("stride", 4), ("local", 40), ("strided", 4)):
         heads = layer_heads(pattern, 1, l, integration="merged")
         assert max(_errors(heads, 80, torch.float32, 16, 16, seed=l)) < 1e-5, pattern
+    # the stride pass and strided's second pass (one residue sequence per (b, h, r): 4 of 20 rows)
+    assert launched == ([(k, 4, 20) for k in ("seq_fwd_short", "seq_short") * 2] if short else [])
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
@@ -208,6 +216,21 @@ def test_gpu_kernels_match_the_float64_reference(case, dims, dtype, tol):
     n = 1000 if dims != (64, 64) else 1408  # not a multiple of l = 128; 1408 = 11 l
     errs = _errors(heads, n, dtype, *dims, B=2, seed=dims[0] + n)
     assert max(errs) < tol, errs
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("dims,dtype,tol", [((64, 64), torch.bfloat16, 2e-2), ((32, 32), torch.float16, 2e-2),
+                                            ((64, 128), torch.bfloat16, 2e-2), ((64, 64), torch.float32, 1e-5)],
+                         ids=["d64-bf16", "d32-fp16", "d64-128-bf16", "d64-fp32"])
+@pytest.mark.parametrize("pattern", ["stride", "strided"])
+def test_gpu_short_residue_sequences_match_the_reference(pattern, dims, dtype, tol):
+    """Stride passes run as one program per residue sequence: 125 rows (two 64-row tiles), 63 (one
+    or two) and 16 (the smallest tile); 250 rows take the row-tile and key-tile kernels."""
+    for l in (8, 16, 64, 4):
+        heads = layer_heads(pattern, 4, l, integration="merged")
+        errs = _errors(heads, 1000, dtype, *dims, B=2, seed=l)
+        assert max(errs) < tol, (l, errs)
 
 
 @pytest.mark.gpu

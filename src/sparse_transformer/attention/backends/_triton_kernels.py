@@ -230,6 +230,35 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
 
 
 @triton.jit
+def _seq_fwd_short(Q, K, V, O, LSE, H0,
+                   sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
+                   n, H, Hg, RS, P, W, scale_log2e,
+                   EXCL: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr,
+                   DQK: tl.constexpr, DV: tl.constexpr, T: tl.constexpr, HALF: tl.constexpr):
+    """The forward of a whole short problem (at most T rows) in one program: one tile of T rows, or
+    (``HALF``) two of T/2 whose first key tile is loaded once for both."""
+    _, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, T, H0)
+    qb, kb, vb, ob = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh, b * sob + h * soh
+    rbase = (b * H + h) * n
+    BM: tl.constexpr = T // 2 if HALF else T
+    t, pos, ok = _seq_at(0, r, RS, len_r, BM)
+    q = _rows(Q, qb, pos, sqn, tl.arange(0, DQK), ok)
+    k, v = _kv(K, V, kb, vb, pos, skn, svn, ok, DQK, DV)
+    m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, t, len_r, W, EXCL), tl.full([BM], float("-inf"), tl.float32),
+                                  tl.zeros([BM], tl.float32), tl.zeros([BM, DV], tl.float32), scale_log2e, IEEE)
+    _put_o(O, LSE, ob, son, rbase + pos, pos, acc, m_i, l_i, ok, DV, MERGE)
+    if HALF:
+        t1, pos1, ok1 = _seq_at(BM, r, RS, len_r, BM)
+        q1 = _rows(Q, qb, pos1, sqn, tl.arange(0, DQK), ok1)
+        k1, v1 = _kv(K, V, kb, vb, pos1, skn, svn, ok1, DQK, DV)
+        m_i, l_i, acc = _softmax_step(q1, k, v, _seq_allowed(t1, t, len_r, W, EXCL),
+                                      tl.full([BM], float("-inf"), tl.float32), tl.zeros([BM], tl.float32),
+                                      tl.zeros([BM, DV], tl.float32), scale_log2e, IEEE)
+        m_i, l_i, acc = _softmax_step(q1, k1, v1, _seq_allowed(t1, t1, len_r, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
+        _put_o(O, LSE, ob, son, rbase + pos1, pos1, acc, m_i, l_i, ok1, DV, MERGE)
+
+
+@triton.jit
 def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
                 sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh, sdob, sdon, sdoh,
                 sdqb, sdqn, sdqh,
@@ -280,6 +309,67 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
     _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
     _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)
+
+
+@triton.jit
+def _pair_step(q, do, k, v, allowed, lse2, delta, scale_log2e, dq, dk, dv, IEEE: tl.constexpr):
+    """(dq, dk unscaled, dv) plus what one (row tile, key tile) pair gives all three: the scores and
+    dP once, five MMAs (the dq and dk/dv kernels compute them twice, seven MMAs)."""
+    p = tl.where(allowed, tl.exp2(_dot(q, tl.trans(k), IEEE) * scale_log2e - lse2[:, None]), 0.0)
+    ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
+    dv = _dot(tl.trans(p.to(do.dtype)), do, IEEE, dv)
+    dk = _dot(tl.trans(ds.to(q.dtype)), q, IEEE, dk)
+    return _dot(ds.to(k.dtype), k, IEEE, dq), dk, dv
+
+
+@triton.jit
+def _short_tile(Q, K, V, O, DO, LSE, DELTA, qb, kb, vb, ob, dob, sqn, skn, svn, son, sdon, rbase,
+                t0, r, RS, len_r, ACCUM: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr):
+    """Everything a short problem's backward holds of rows t0 .. t0 + BM: (t, positions, which
+    exist, q, dO, lse (base 2), Δ, k, v)."""
+    t, pos, ok = _seq_at(t0, r, RS, len_r, BM)
+    q, do, lse2, delta = _dq_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, pos, sqn, sdon, son, rbase + pos, ok, DQK, DV, ACCUM)
+    k, v = _kv(K, V, kb, vb, pos, skn, svn, ok, DQK, DV)
+    return t, pos, ok, q, do, lse2, delta, k, v
+
+
+@triton.jit
+def _seq_bwd_short(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
+                   sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh, sdob, sdon, sdoh,
+                   sdqb, sdqn, sdqh, sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
+                   n, H, Hg, RS, P, W, scale_log2e, scale,
+                   EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
+                   DQK: tl.constexpr, DV: tl.constexpr, T: tl.constexpr, HALF: tl.constexpr):
+    """dq, dk, dv of a whole short problem (at most T rows: a stride pass with n / l <= T) in one
+    program, as one tile of T rows or (``HALF``) two of T/2: each pair of tiles is computed once,
+    with no loop (the dq and dk/dv kernels, one program per tile, each recompute every pair)."""
+    _, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, T, H0)
+    qb, kb, vb, ob, dob = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh, b * sob + h * soh, b * sdob + h * sdoh
+    dqb, dkb, dvb = b * sdqb + h * sdqh, b * sdkb + h * sdkh, b * sdvb + h * sdvh
+    rbase = (b * H + h) * n
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    BM: tl.constexpr = T // 2 if HALF else T
+    t, pos, ok, q, do, lse2, delta, k, v = _short_tile(Q, K, V, O, DO, LSE, DELTA, qb, kb, vb, ob, dob, sqn, skn, svn,
+                                                       son, sdon, rbase, 0, r, RS, len_r, ACCUM, DQK, DV, BM)
+    dq, dk, dv = _pair_step(q, do, k, v, _seq_allowed(t, t, len_r, W, EXCL) & ok[:, None], lse2, delta, scale_log2e,
+                            tl.zeros([BM, DQK], tl.float32), tl.zeros([BM, DQK], tl.float32),
+                            tl.zeros([BM, DV], tl.float32), IEEE)
+    _put_rows(DQ, dqb, pos, sdqn, dq_, dq * scale, ok, ACCUM)
+    if HALF:  # the second tile's rows take the first tile's keys (which are then complete) and their own
+        t1, pos1, ok1, q1, do1, lse1, delta1, k1, v1 = _short_tile(Q, K, V, O, DO, LSE, DELTA, qb, kb, vb, ob, dob, sqn,
+                                                                   skn, svn, son, sdon, rbase, BM, r, RS, len_r,
+                                                                   ACCUM, DQK, DV, BM)
+        dq1, dk, dv = _pair_step(q1, do1, k, v, _seq_allowed(t1, t, len_r, W, EXCL) & ok1[:, None], lse1, delta1,
+                                 scale_log2e, tl.zeros([BM, DQK], tl.float32), dk, dv, IEEE)
+        _put_rows(DK, dkb, pos, sdkn, dq_, dk * scale, ok, ACCUM)
+        _put_rows(DV_, dvb, pos, sdvn, dv_, dv, ok, ACCUM)
+        dq1, dk1, dv1 = _pair_step(q1, do1, k1, v1, _seq_allowed(t1, t1, len_r, W, EXCL) & ok1[:, None], lse1, delta1,
+                                   scale_log2e, dq1, tl.zeros([BM, DQK], tl.float32), tl.zeros([BM, DV], tl.float32),
+                                   IEEE)
+        _put_rows(DQ, dqb, pos1, sdqn, dq_, dq1 * scale, ok1, ACCUM)
+        pos, ok, dk, dv = pos1, ok1, dk1, dv1
+    _put_rows(DK, dkb, pos, sdkn, dq_, dk * scale, ok, ACCUM)
+    _put_rows(DV_, dvb, pos, sdvn, dv_, dv, ok, ACCUM)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -174,6 +174,10 @@ _TUNED_BWD = [(32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 4, 3), (
 CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]),
                "wide": dict(fwd=_WIDE, bwd=_WIDE)}
 CONFIG_ENV = "SPARSE_TRANSFORMER_TRITON_CONFIGS"
+# The one-program forward and backward of a short problem (a stride pass with n / l rows, at most
+# this many): one tile of T rows or two of T/2 (HALF), 4 or 8 warps, autotuned; 0 turns them off.
+SHORT_ROWS_ENV = "SPARSE_TRANSFORMER_TRITON_SHORT_ROWS"
+_SHORT = [(h, w) for h in (1, 0) for w in (4, 8)]
 
 
 def _patch_interpreter() -> None:
@@ -210,6 +214,7 @@ def _kernels():
     if configs not in CONFIG_SETS:
         raise ValueError(f"{CONFIG_ENV}={configs} is unknown; valid: {', '.join(CONFIG_SETS)}")
     fwd = [cfg(*c) for c in CONFIG_SETS[configs]["fwd"]]
+    short = [triton.Config({"HALF": h}, num_warps=w, num_stages=1) for h, w in _SHORT[:1 if configs == "one" else None]]
     bwd = [cfg(*c) for c in CONFIG_SETS[configs]["bwd"]]
     seq_key = ["n", "H", "RS", "W", "DQK", "DV", "EXCL"]
     fixed_key = ["n", "H", "L", "C", "DQK", "DV", "HAS_BLOCK"]
@@ -228,6 +233,8 @@ def _kernels():
         seq_fwd=tune(K._seq_fwd, fwd, seq_key + ["MERGE"], ("O", "LSE")),
         seq_dq=tune(K._seq_bwd_dq, bwd, seq_key + ["ACCUM"], ("DQ",)),
         seq_dkdv=tune(K._seq_bwd_dkdv, bwd, seq_key + ["ACCUM"], ("DK", "DV_")),
+        seq_fwd_short=tune(K._seq_fwd_short, short, seq_key + ["MERGE", "T"], ("O", "LSE")),
+        seq_short=tune(K._seq_bwd_short, short, seq_key + ["ACCUM", "T"], ("DQ", "DK", "DV_")),
         fixed_fwd=tune(K._fixed_fwd, fwd, fixed_key + ["HAS_SUMMARY"]),
         fixed_dq=tune(K._fixed_bwd_dq, bwd, fixed_key + ["HAS_SUMMARY"]),
         fixed_dkdv_own=tune(K._fixed_bwd_dkdv_own, bwd, fixed_key),
@@ -243,6 +250,25 @@ def _launch(name: str, programs, *args, **kw):
         kern[(programs(bm, bn),)](*args, **kw, BM=bm, BN=bn, num_warps=1)
     else:
         kern[lambda meta: (programs(meta["BM"], meta["BN"]),)](*args, **kw)
+
+
+def _short_rows() -> int:
+    """The longest problem (rows) the one-program kernels take: 128 on a GPU (tuned up to there),
+    two of the interpreter's row tiles under it; the environment variable can lower it (0: off)."""
+    cap = int(os.environ.get(SHORT_ROWS_ENV, "128"))
+    return min(cap, 2 * INTERPRET_TILES[0]) if interpreting() else cap
+
+
+def _launch_short(name: str, problems: int, rows: int, *args, **kw):
+    """One-program kernel ``name`` over ``problems`` problems of at most ``rows`` rows."""
+    from triton import next_power_of_2
+
+    kern = _kernels()[name]
+    if interpreting():
+        T = max(16, next_power_of_2(rows))
+        kern[(problems,)](*args, **kw, T=T, HALF=T > INTERPRET_TILES[0], num_warps=1)
+    else:  # at least 32 rows: half a tile is then >= 16, the smallest MMA tile
+        kern[(problems,)](*args, **kw, T=max(32, next_power_of_2(rows)))
 
 
 def _strides(x: Tensor) -> tuple[int, int, int]:
@@ -296,7 +322,11 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
             ints, consts, rows, _keys = _pass_plan(g, p, ps, n, B, H, "MERGE", dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
-            _launch("seq_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
+            if _cdiv(n, ps["RS"]) <= _short_rows():
+                _launch_short("seq_fwd_short", ps["P"] * B * len(g.heads), _cdiv(n, ps["RS"]), q, k, v, o, lse, h0,
+                              *common, *ints, scale * LOG2E, **consts)
+            else:
+                _launch("seq_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
     return o, lse
 
 
@@ -329,6 +359,10 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
         for p, ps in enumerate(_seq_passes(g, n)):
             ints, consts, rows, keys = _pass_plan(g, p, ps, n, B, H, "ACCUM", dict(IEEE=ieee, DQK=DQK, DV=DV))
             shape = (*ints, scale * LOG2E, scale)
+            if _cdiv(n, ps["RS"]) <= _short_rows():
+                _launch_short("seq_short", ps["P"] * B * Hg, _cdiv(n, ps["RS"]), q, k, v, o, do, dq, dk, dv, lse, delta, h0, *qkv,
+                              *_strides(o), *_strides(do), *_strides(dq), *_strides(dk), *_strides(dv), *shape, **consts)
+                continue
             _launch("seq_dq", rows,
                     q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **consts)
             _launch("seq_dkdv", keys,
