@@ -37,6 +37,7 @@ def kernel_table(K) -> dict:
     return {
         "seq_fwd": (K._seq_fwd, first_fwd, "fwd"), "seq_dq": (K._seq_bwd_dq, first_bwd, "bwd"),
         "seq_dkdv": (K._seq_bwd_dkdv, first_bwd, "bwd"), "seq_short": (K._seq_bwd_short, first_bwd, "short"),
+        "band_bwd": (K._band_bwd, {}, "band"),
         "fixed_fwd": (K._fixed_fwd, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "fwd"),
         "fixed_dq": (K._fixed_bwd_dq, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "bwd"),
         "fixed_dkdv_own": (K._fixed_bwd_dkdv_own, dict(HAS_BLOCK=True), "bwd"),
@@ -46,9 +47,12 @@ def kernel_table(K) -> dict:
 
 def tiles(c: tuple) -> tuple[dict, int, int]:
     """(constexpr tiles, warps, stages) of a candidate tuple (BM, BN, warps, stages) of triton.CONFIG_SETS,
-    or ("short", HALF, warps) of the one-program backward (at its largest problem, T = 128 rows)."""
+    or ("short", HALF, warps) of the one-program backward (at its largest problem, T = 128 rows), or
+    ("band", TILE, CH, warps, stages) of the band's one-kernel backward."""
     if c[0] == "short":
         return dict(T=128, HALF=c[1]), c[2], 1
+    if c[0] == "band":
+        return dict(TILE=c[1], CH=c[2]), c[3], c[4]
     bm, bn, w, s = c
     return dict(BM=bm, BN=bn), w, s
 
@@ -64,7 +68,7 @@ def launch_values(kernel: str) -> dict:
     rows = dict(sqb=n * H * d, sqn=H * d, sqh=d)
     ints = {f"s{x}{y}": rows[f"sq{y}"] for x in ("q", "k", "v", "o", "do", "dq", "dk", "dv") for y in "bnh"}
     ints.update(n=n, H=H, Hg=H, H0=0, S=4, L=l, C=32, G=(n // l - 1) * 32)
-    ints.update(RS=l, P=l, W=n + 1)  # a stride pass
+    ints.update(RS=l, P=l, W=l if kernel == "band_bwd" else n + 1)  # a stride pass, or the band of l
     return ints
 
 
@@ -141,6 +145,7 @@ def main(argv=None):
     for name in names:
         fn, flags, kind = table[name]
         cands = ([("short", h, w) for h, w in tb._SHORT] if kind == "short"
+                 else [("band", tb.BAND_TILE, *c) for c in tb._BAND] if kind == "band"
                  else list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s][kind])))
         for dqk, dv in dims:
             for c in cands:

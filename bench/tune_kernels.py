@@ -70,6 +70,13 @@ if args.compile_only:
     triton.testing.do_bench = _once
 
 
+def label(cfg: dict) -> str:
+    """A candidate's short name: tiles (BMxBN, or a one-program kernel's constexprs), warps, stages."""
+    tiles = f"{cfg['BM']}x{cfg['BN']}" if "BM" in cfg else ",".join(
+        f"{k}{v}" for k, v in cfg.items() if k not in ("warps", "stages"))
+    return f"{tiles}w{cfg['warps']}s{cfg['stages']}"
+
+
 def median_ms(fn, reps):
     for _ in range(3):
         fn()
@@ -167,9 +174,7 @@ def main():
                 for meta in {json.dumps(c["meta"], sort_keys=True) for c in rec["candidates"] if c["kernel"] == kern}:
                     cands = sorted((c for c in rec["candidates"] if c["kernel"] == kern and json.dumps(c["meta"], sort_keys=True) == meta),
                                    key=lambda c: c["ms"])
-                    print(f"    {kern:24s} {meta:40s} " + "  ".join(
-                        f"{c['config']['BM']}x{c['config']['BN']}w{c['config']['warps']}s{c['config']['stages']}"
-                        f"{'S' if c['config'].get('SPLIT') else ''}:{c['ms']:.3f}" for c in cands[:4]))
+                    print(f"    {kern:24s} {meta:40s} " + "  ".join(f"{label(c['config'])}:{c['ms']:.3f}" for c in cands[:4]))
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / f"tune-{card}{args.tag}.json").write_text(json.dumps(records, indent=1))
         del q, k, v, go, qt, kt, vt

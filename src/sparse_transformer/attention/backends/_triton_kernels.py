@@ -372,6 +372,74 @@ def _seq_bwd_short(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
     _put_rows(DV_, dvb, pos, sdvn, dv_, dv, ok, ACCUM)
 
 
+@triton.jit
+def _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, i, n, DQK: tl.constexpr, DV: tl.constexpr,
+               TILE: tl.constexpr):
+    """Row tile ``i`` of a band: (t, which exist, q, dO, lse (base 2), Δ (computed, and stored: every
+    program that loads the tile stores the same values, none reads them back))."""
+    t, pos, ok = _seq_at(i * TILE, 0, 1, n, TILE)
+    q, do, lse2, delta = _dq_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, pos, sqn, sdon, son, rbase + pos, ok, DQK, DV, False)
+    return t, pos, ok, q, do, lse2, delta
+
+
+@triton.jit
+def _band_bwd(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
+              sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh, sdob, sdon, sdoh,
+              sdqb, sdqn, sdqh, sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
+              n, H, Hg, W, scale_log2e, scale,
+              IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, TILE: tl.constexpr, CH: tl.constexpr):
+    """dq, dk, dv of a band (a local pass; W <= 2·TILE + 1, so key tile j is attended by row tiles
+    j, j+1, j+2 only) in one kernel: a program walks CH key tiles, computing each (row tile, key
+    tile) pair once (five MMAs; the dq and dk/dv kernels take seven) and keeping the dq of the three
+    row tiles in flight in registers; a row tile's dq is complete (and stored) at its own key tile.
+    The first two row tiles' contributions from the previous chunk's last two key tiles are
+    recomputed here (dq only), and its own last two key tiles' contributions to the next chunk's
+    rows are dropped: no atomics, deterministic."""
+    NT = tl.cdiv(n, TILE)
+    NC = tl.cdiv(NT, CH)
+    pid = tl.program_id(0)
+    a = (pid % NC) * CH
+    rest = pid // NC
+    h = (H0 + rest % Hg).to(tl.int64)
+    b = (rest // Hg).to(tl.int64)
+    qb, kb, vb, ob, dob = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh, b * sob + h * soh, b * sdob + h * sdoh
+    dqb, dkb, dvb = b * sdqb + h * sdqh, b * sdkb + h * sdkh, b * sdvb + h * sdvh
+    rbase = (b * H + h) * n
+    dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
+    dqA = tl.zeros([TILE, DQK], tl.float32)  # row tile j's dq, then j+1's, then j+2's
+    dqB = tl.zeros([TILE, DQK], tl.float32)
+    if a > 0:  # what key tiles a-2, a-1 give row tiles a, a+1
+        tA, posA, okA, qA, doA, lA, dA = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, a, n,
+                                                    DQK, DV, TILE)
+        tB, posB, okB, qB, doB, lB, dB = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, a + 1, n,
+                                                    DQK, DV, TILE)
+        tk, kpos, kok = _seq_at((a - 2) * TILE, 0, 1, n, TILE)
+        k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
+        dqA = _dq_step(qA, doA, k, v, _seq_allowed(tA, tk, n, W, 0) & okA[:, None], lA, dA, scale_log2e, dqA, IEEE)
+        tk, kpos, kok = _seq_at((a - 1) * TILE, 0, 1, n, TILE)
+        k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
+        dqA = _dq_step(qA, doA, k, v, _seq_allowed(tA, tk, n, W, 0) & okA[:, None], lA, dA, scale_log2e, dqA, IEEE)
+        dqB = _dq_step(qB, doB, k, v, _seq_allowed(tB, tk, n, W, 0) & okB[:, None], lB, dB, scale_log2e, dqB, IEEE)
+    for j in range(a, tl.minimum(a + CH, NT)):
+        tk, kpos, kok = _seq_at(j * TILE, 0, 1, n, TILE)
+        k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
+        t0, pos0, ok0, q0, do0, l0, d0 = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, j, n,
+                                                    DQK, DV, TILE)
+        dqA, dk, dv = _pair_step(q0, do0, k, v, _seq_allowed(t0, tk, n, W, 0) & ok0[:, None], l0, d0, scale_log2e,
+                                 dqA, tl.zeros([TILE, DQK], tl.float32), tl.zeros([TILE, DV], tl.float32), IEEE)
+        _put_rows(DQ, dqb, pos0, sdqn, dq_, dqA * scale, ok0)
+        t1, pos1, ok1, q1, do1, l1, d1 = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, j + 1, n,
+                                                    DQK, DV, TILE)
+        dqA, dk, dv = _pair_step(q1, do1, k, v, _seq_allowed(t1, tk, n, W, 0) & ok1[:, None], l1, d1, scale_log2e,
+                                 dqB, dk, dv, IEEE)
+        t2, pos2, ok2, q2, do2, l2, d2 = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, j + 2, n,
+                                                    DQK, DV, TILE)
+        dqB, dk, dv = _pair_step(q2, do2, k, v, _seq_allowed(t2, tk, n, W, 0) & ok2[:, None], l2, d2, scale_log2e,
+                                 tl.zeros([TILE, DQK], tl.float32), dk, dv, IEEE)
+        _put_rows(DK, dkb, kpos, sdkn, dq_, dk * scale, kok)
+        _put_rows(DV_, dvb, kpos, sdvn, dv_, dv, kok)
+
+
 # ------------------------------------------------------------------------------------------------
 # fixed kernels (block ∪ summary; block alone; summary alone)
 # ------------------------------------------------------------------------------------------------

@@ -178,6 +178,11 @@ CONFIG_ENV = "SPARSE_TRANSFORMER_TRITON_CONFIGS"
 # this many): one tile of T rows or two of T/2 (HALF), 4 or 8 warps, autotuned; 0 turns them off.
 SHORT_ROWS_ENV = "SPARSE_TRANSFORMER_TRITON_SHORT_ROWS"
 _SHORT = [(h, w) for h in (1, 0) for w in (4, 8)]
+# The band's one-kernel backward (a local pass with l <= 2·64 + 1): key tiles per program, warps,
+# stages, autotuned; SPARSE_TRANSFORMER_TRITON_BAND=split runs the dq and dk/dv kernels instead.
+BAND_ENV = "SPARSE_TRANSFORMER_TRITON_BAND"
+BAND_TILE = 64
+_BAND = [(8, 4, 1), (8, 8, 1), (4, 4, 1), (16, 4, 1), (8, 4, 2)]
 
 
 def _patch_interpreter() -> None:
@@ -214,7 +219,9 @@ def _kernels():
     if configs not in CONFIG_SETS:
         raise ValueError(f"{CONFIG_ENV}={configs} is unknown; valid: {', '.join(CONFIG_SETS)}")
     fwd = [cfg(*c) for c in CONFIG_SETS[configs]["fwd"]]
-    short = [triton.Config({"HALF": h}, num_warps=w, num_stages=1) for h, w in _SHORT[:1 if configs == "one" else None]]
+    first = 1 if configs == "one" else None
+    short = [triton.Config({"HALF": h}, num_warps=w, num_stages=1) for h, w in _SHORT[:first]]
+    band = [triton.Config({"TILE": BAND_TILE, "CH": c}, num_warps=w, num_stages=st) for c, w, st in _BAND[:first]]
     bwd = [cfg(*c) for c in CONFIG_SETS[configs]["bwd"]]
     seq_key = ["n", "H", "RS", "W", "DQK", "DV", "EXCL"]
     fixed_key = ["n", "H", "L", "C", "DQK", "DV", "HAS_BLOCK"]
@@ -234,6 +241,7 @@ def _kernels():
         seq_dq=tune(K._seq_bwd_dq, bwd, seq_key + ["ACCUM"], ("DQ",)),
         seq_dkdv=tune(K._seq_bwd_dkdv, bwd, seq_key + ["ACCUM"], ("DK", "DV_")),
         seq_fwd_short=tune(K._seq_fwd_short, short, seq_key + ["MERGE", "T"], ("O", "LSE")),
+        band_bwd=tune(K._band_bwd, band, ["n", "H", "W", "DQK", "DV"]),
         seq_short=tune(K._seq_bwd_short, short, seq_key + ["ACCUM", "T"], ("DQ", "DK", "DV_")),
         fixed_fwd=tune(K._fixed_fwd, fwd, fixed_key + ["HAS_SUMMARY"]),
         fixed_dq=tune(K._fixed_bwd_dq, bwd, fixed_key + ["HAS_SUMMARY"]),
@@ -269,6 +277,23 @@ def _launch_short(name: str, problems: int, rows: int, *args, **kw):
         kern[(problems,)](*args, **kw, T=T, HALF=T > INTERPRET_TILES[0], num_warps=1)
     else:  # at least 32 rows: half a tile is then >= 16, the smallest MMA tile
         kern[(problems,)](*args, **kw, T=max(32, next_power_of_2(rows)))
+
+
+def _band_tile() -> int | None:
+    """The band kernel's tile (its l may be up to 2·tile + 1), or None where it is turned off."""
+    if os.environ.get(BAND_ENV, "fused") == "split":
+        return None
+    return INTERPRET_TILES[0] if interpreting() else BAND_TILE
+
+
+def _launch_band(n: int, heads: int, *args, **kw):
+    """The band's one-kernel backward over ``heads`` (b, h) sequences of n rows."""
+    kern = _kernels()["band_bwd"]
+    if interpreting():  # two key tiles a program: every program after the first recomputes its prologue
+        tile = INTERPRET_TILES[0]
+        kern[(_cdiv(_cdiv(n, tile), 2) * heads,)](*args, **kw, TILE=tile, CH=2, num_warps=1)
+    else:
+        kern[lambda meta: (_cdiv(_cdiv(n, meta["TILE"]), meta["CH"]) * heads,)](*args, **kw)
 
 
 def _strides(x: Tensor) -> tuple[int, int, int]:
@@ -359,6 +384,12 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
         for p, ps in enumerate(_seq_passes(g, n)):
             ints, consts, rows, keys = _pass_plan(g, p, ps, n, B, H, "ACCUM", dict(IEEE=ieee, DQK=DQK, DV=DV))
             shape = (*ints, scale * LOG2E, scale)
+            tile = _band_tile()
+            if ps["RS"] == 1 and p == 0 and tile and ps["W"] <= 2 * tile + 1:
+                _launch_band(n, B * Hg, q, k, v, o, do, dq, dk, dv, lse, delta, h0, *qkv, *_strides(o), *_strides(do),
+                             *_strides(dq), *_strides(dk), *_strides(dv), n, H, Hg, ps["W"], scale * LOG2E, scale,
+                             IEEE=ieee, DQK=DQK, DV=DV)
+                continue
             if _cdiv(n, ps["RS"]) <= _short_rows():
                 _launch_short("seq_short", ps["P"] * B * Hg, _cdiv(n, ps["RS"]), q, k, v, o, do, dq, dk, dv, lse, delta, h0, *qkv,
                               *_strides(o), *_strides(do), *_strides(dq), *_strides(dk), *_strides(dv), *shape, **consts)
