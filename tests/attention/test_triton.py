@@ -111,7 +111,7 @@ def test_stride_longer_than_one_tile_and_wide_band(tiles, short, monkeypatch):
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
 @pytest.mark.parametrize("band", ["fused", "split"])
 def test_band_backward_in_one_kernel(tiles, band, monkeypatch):
-    """The local pass's backward as one kernel (key tile j attended by row tiles j..j+2: l <= 2·16 + 1
+    """The local pass's backward as one kernel (opt-in; key tile j attended by row tiles j..j+2: l <= 2·16 + 1
     with 16-row tiles; each program's first row tiles take the previous program's key tiles), or
     as the dq and dk/dv kernels: l from under one tile to the largest the one kernel takes, and one
     beyond it; alone and as strided's band."""
@@ -256,9 +256,10 @@ def test_gpu_short_residue_sequences_match_the_reference(pattern, dims, dtype, t
 @pytest.mark.parametrize("dims,dtype,tol", [((64, 64), torch.bfloat16, 2e-2), ((32, 32), torch.float16, 2e-2),
                                             ((64, 128), torch.bfloat16, 2e-2), ((64, 64), torch.float32, 1e-5)],
                          ids=["d64-bf16", "d32-fp16", "d64-128-bf16", "d64-fp32"])
-def test_gpu_band_backward_matches_the_reference(dims, dtype, tol):
-    """The band's one-kernel backward (64-row tiles: l up to 129) at l 40, 128 and 129, alone and as
-    strided's band; l 130 takes the dq and dk/dv kernels."""
+def test_gpu_band_backward_matches_the_reference(dims, dtype, tol, monkeypatch):
+    """The band's one-kernel backward (opt-in; 64-row tiles: l up to 129) at l 40, 128 and 129, alone
+    and as strided's band; l 130 takes the dq and dk/dv kernels."""
+    monkeypatch.setenv(tb.BAND_ENV, "fused")
     for pattern, l in (("local", 40), ("local", 128), ("local", 129), ("local", 130), ("strided", 128)):
         heads = layer_heads(pattern, 4, l, integration="merged")
         errs = _errors(heads, 1500, dtype, *dims, B=2, seed=l)

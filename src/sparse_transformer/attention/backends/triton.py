@@ -178,8 +178,10 @@ CONFIG_ENV = "SPARSE_TRANSFORMER_TRITON_CONFIGS"
 # this many): one tile of T rows or two of T/2 (HALF), 4 or 8 warps, autotuned; 0 turns them off.
 SHORT_ROWS_ENV = "SPARSE_TRANSFORMER_TRITON_SHORT_ROWS"
 _SHORT = [(h, w) for h in (1, 0) for w in (4, 8)]
-# The band's one-kernel backward (a local pass with l <= 2·64 + 1): key tiles per program, warps,
-# stages, autotuned; SPARSE_TRANSFORMER_TRITON_BAND=split runs the dq and dk/dv kernels instead.
+# The band's one-kernel backward (a local pass with l <= 2·64 + 1; key tiles per program, warps,
+# stages autotuned) is opt-in, SPARSE_TRANSFORMER_TRITON_BAND=fused: on an H200 it lost to the dq
+# and dk/dv kernels (16k, l 128, d 64: 1.68 vs 1.46 ms; bench/results/tune-h200-band.json): at 255
+# registers with spills, two programs an SM, its three dependent pairs a step are latency-bound.
 BAND_ENV = "SPARSE_TRANSFORMER_TRITON_BAND"
 BAND_TILE = 64
 _BAND = [(8, 4, 1), (8, 8, 1), (4, 4, 1), (16, 4, 1), (8, 4, 2)]
@@ -281,7 +283,7 @@ def _launch_short(name: str, problems: int, rows: int, *args, **kw):
 
 def _band_tile() -> int | None:
     """The band kernel's tile (its l may be up to 2·tile + 1), or None where it is turned off."""
-    if os.environ.get(BAND_ENV, "fused") == "split":
+    if os.environ.get(BAND_ENV, "split") != "fused":
         return None
     return INTERPRET_TILES[0] if interpreting() else BAND_TILE
 
