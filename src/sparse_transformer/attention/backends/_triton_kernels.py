@@ -17,8 +17,13 @@ prior blocks' summary cells of the head's slice, read in place by index (g -> bl
 l - (s+1)·c + g % c). The backward's dk/dv come from the own block (one kernel, all keys) and,
 for summary cells, from every later block (a second kernel over the summary cells that adds).
 
-Flat loops over several tiles (or residues) per program were tried for the local band and the
-short stride passes and measured slower than the seq kernels on an H200 (bench/results/tune-h200-flat.json).
+A short problem (at most 128 rows: a stride pass with n / l <= 128) runs whole in one program
+(``_seq_fwd_short``, ``_seq_bwd_short``): one tile or two half tiles, and a backward that computes
+each pair of tiles once for dq, dk and dv together (``_pair_step``) where the dq and dk/dv kernels
+each recompute it. The band's backward can run the same way (``_band_bwd``, opt-in: slower on an
+H200, see triton.py). Flat loops over several tiles (or residues) per program were tried for the
+local band and the short stride passes and measured slower than the seq kernels on an H200
+(bench/results/tune-h200-flat.json).
 
 Rows without any key (a summary-only head's first cells, a stride pass's first row) give o = 0,
 lse = -inf and zero gradients. No atomics: the backward is deterministic.

@@ -6,8 +6,10 @@ the pattern's structure: ``local`` loops over its band only, ``stride`` reads Op
 order in place with a row stride of l·H·d, merged ``strided`` is a band pass and a stride pass
 whose epilogue merges the two softmaxes, and ``fixed`` reads the summary cells in place by index.
 
-Flat pipelined loops over several row tiles (local band) or residues (short stride passes) per
-program were tried and measured slower than these on an H200 (bench/results/tune-h200-flat.json).
+A stride pass whose residue sequences are short (n / l <= 128 rows) runs one program per sequence,
+forward and backward (the backward computes each pair of tiles once for dq, dk and dv). Flat
+pipelined loops over several row tiles (local band) or residues (short stride passes) per program
+were tried and measured slower than these on an H200 (bench/results/tune-h200-flat.json).
 
 They are ``torch.library`` custom ops with fake (meta) implementations, so a compiled model traces
 them as single nodes (no graph break) and CUDA graphs capture them; autotuning happens at the
