@@ -109,6 +109,20 @@ def test_stride_longer_than_one_tile_and_wide_band(tiles, short, monkeypatch):
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
+def test_a_sequence_short_enough_for_one_program_in_every_pass(tiles, monkeypatch):
+    """n <= two row tiles: the band pass too runs as one program per (b, h) sequence, and merged
+    strided's second pass reads the Δ its first pass stored."""
+    tiles(16, 16)
+    launched = []
+    launch = tb._launch_short
+    monkeypatch.setattr(tb, "_launch_short", lambda *a, **kw: launched.append(a[:3]) or launch(*a, **kw))
+    for pattern, l in (("local", 8), ("strided", 4), ("strided", 8)):
+        heads = layer_heads(pattern, 2, l, integration="merged")
+        assert max(_errors(heads, 30, torch.float32, 16, 16, B=2, seed=l)) < 1e-5, (pattern, l)
+    assert ("seq_short", 4, 30) in launched and ("seq_short", 2 * 2 * 4, 8) in launched
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
 @pytest.mark.parametrize("band", ["fused", "split"])
 def test_band_backward_in_one_kernel(tiles, band, monkeypatch):
     """The local pass's backward as one kernel (opt-in; key tile j attended by row tiles j..j+2: l <= 2·16 + 1
