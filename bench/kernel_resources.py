@@ -37,6 +37,7 @@ def kernel_table(K) -> dict:
     return {
         "seq_fwd": (K._seq_fwd, first_fwd, "fwd"), "seq_dq": (K._seq_bwd_dq, first_bwd, "bwd"),
         "seq_dkdv": (K._seq_bwd_dkdv, first_bwd, "bwd"), "seq_short": (K._seq_bwd_short, first_bwd, "short"),
+        "seq_fwd_short": (K._seq_fwd_short, first_fwd, "short"),
         "band_bwd": (K._band_bwd, {}, "band"),
         "fixed_fwd": (K._fixed_fwd, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "fwd"),
         "fixed_dq": (K._fixed_bwd_dq, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "bwd"),

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sparse_transformer.attention import attend, layer_heads, pattern_mask
+from sparse_transformer.attention.patterns import Part
 from sparse_transformer.attention.backends import PatternError, check, resolve
 from sparse_transformer.attention.backends import triton as tb
 from sparse_transformer.config import AttentionConfig, ModelConfig
@@ -101,11 +102,12 @@ def test_stride_longer_than_one_tile_and_wide_band(tiles, short, monkeypatch):
     launch = tb._launch_short
     monkeypatch.setattr(tb, "_launch_short", lambda *a, **kw: launched.append(a[:3]) or launch(*a, **kw))
     monkeypatch.setenv(tb.SHORT_ROWS_ENV, "128" if short else "0")
-    for pattern, l in (("stride", 4), ("local", 40), ("strided", 4)):
-        heads = layer_heads(pattern, 1, l, integration="merged")
+    wide = ((Part("local", 12), Part("stride", 4)),)  # a band of 3 l: the column pass skips 3 diagonals (EXCL 3)
+    for pattern, l in (("stride", 4), ("local", 40), ("strided", 4), (wide, 4)):
+        heads = layer_heads(pattern, 1, l, integration="merged") if isinstance(pattern, str) else pattern
         assert max(_errors(heads, 80, torch.float32, 16, 16, seed=l)) < 1e-5, pattern
-    # the stride pass and strided's second pass (one residue sequence per (b, h, r): 4 of 20 rows)
-    assert launched == ([(k, 4, 20) for k in ("seq_fwd_short", "seq_short") * 2] if short else [])
+    # the stride passes (one residue sequence per (b, h, r): 4 of 20 rows)
+    assert launched == ([(k, 4, 20) for k in ("seq_fwd_short", "seq_short") * 3] if short else [])
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
@@ -258,7 +260,8 @@ def test_gpu_kernels_match_the_float64_reference(case, dims, dtype, tol):
 @pytest.mark.parametrize("pattern", ["stride", "strided"])
 def test_gpu_short_residue_sequences_match_the_reference(pattern, dims, dtype, tol):
     """Stride passes run as one program per residue sequence: 125 rows (two 64-row tiles), 63 (one
-    or two) and 16 (the smallest tile); 250 rows take the row-tile and key-tile kernels."""
+    or two) and 16 (the smallest tile); 250 rows, and fp32 with IEEE dots, take the row-tile and
+    key-tile kernels."""
     for l in (8, 16, 64, 4):
         heads = layer_heads(pattern, 4, l, integration="merged")
         errs = _errors(heads, 1000, dtype, *dims, B=2, seed=l)

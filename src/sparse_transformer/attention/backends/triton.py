@@ -7,7 +7,8 @@ order in place with a row stride of l·H·d, merged ``strided`` is a band pass a
 whose epilogue merges the two softmaxes, and ``fixed`` reads the summary cells in place by index.
 
 A stride pass whose residue sequences are short (n / l <= 128 rows) runs one program per sequence,
-forward and backward (the backward computes each pair of tiles once for dq, dk and dv). Flat
+forward and backward (the backward computes each pair of tiles once for dq, dk and dv); fp32 with
+IEEE dots keeps the row-tile and key-tile kernels (the one-program ones spill heavily there). Flat
 pipelined loops over several row tiles (local band) or residues (short stride passes) per program
 were tried and measured slower than these on an H200 (bench/results/tune-h200-flat.json).
 
@@ -177,9 +178,13 @@ CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_T
                "wide": dict(fwd=_WIDE, bwd=_WIDE)}
 CONFIG_ENV = "SPARSE_TRANSFORMER_TRITON_CONFIGS"
 # The one-program forward and backward of a short problem (a stride pass with n / l rows, at most
-# this many): one tile of T rows or two of T/2 (HALF), 4 or 8 warps, autotuned; 0 turns them off.
+# SHORT_ROWS; the environment variable lowers it, 0 turns them off): two tiles of T/2 rows (HALF),
+# 4 or 8 warps, autotuned. One whole tile of T rows (HALF 0) never won on an H200
+# (tune-h200-band.json: 16k stride backward 1.74 vs 1.62 ms) and its fp32 d 128 variant takes
+# minutes to compile; the kernels keep it for tiles the interpreter's one tile covers.
 SHORT_ROWS_ENV = "SPARSE_TRANSFORMER_TRITON_SHORT_ROWS"
-_SHORT = [(h, w) for h in (1, 0) for w in (4, 8)]
+SHORT_ROWS = 128
+_SHORT = [(1, 4), (1, 8)]
 # The band's one-kernel backward (a local pass with l <= 2·64 + 1; key tiles per program, warps,
 # stages autotuned) is opt-in, SPARSE_TRANSFORMER_TRITON_BAND=fused: on an H200 it lost to the dq
 # and dk/dv kernels (16k, l 128, d 64: 1.68 vs 1.46 ms; bench/results/tune-h200-band.json): at 255
@@ -264,11 +269,15 @@ def _launch(name: str, programs, *args, **kw):
         kern[lambda meta: (programs(meta["BM"], meta["BN"]),)](*args, **kw)
 
 
-def _short_rows() -> int:
-    """The longest problem (rows) the one-program kernels take: 128 on a GPU (tuned up to there),
-    two of the interpreter's row tiles under it; the environment variable can lower it (0: off)."""
-    cap = int(os.environ.get(SHORT_ROWS_ENV, "128"))
-    return min(cap, 2 * INTERPRET_TILES[0]) if interpreting() else cap
+def _short_rows(ieee: bool) -> int:
+    """The longest problem (rows) the one-program kernels take: SHORT_ROWS on a GPU (tuned up to
+    there), two of the interpreter's row tiles under it; the environment variable can only lower it
+    (0: off). None for fp32 with IEEE dots on a GPU: compiled for sm_90 they spill tens of KB a
+    thread and take minutes to compile (the row-tile and key-tile kernels take seconds)."""
+    cap = min(int(os.environ.get(SHORT_ROWS_ENV, str(SHORT_ROWS))), SHORT_ROWS)
+    if interpreting():
+        return min(cap, 2 * INTERPRET_TILES[0])
+    return 0 if ieee else cap
 
 
 def _launch_short(name: str, problems: int, rows: int, *args, **kw):
@@ -351,7 +360,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
             ints, consts, rows, _keys = _pass_plan(g, p, ps, n, B, H, "MERGE", dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
-            if _cdiv(n, ps["RS"]) <= _short_rows():
+            if _cdiv(n, ps["RS"]) <= _short_rows(consts["IEEE"]):
                 _launch_short("seq_fwd_short", ps["P"] * B * len(g.heads), _cdiv(n, ps["RS"]), q, k, v, o, lse, h0,
                               *common, *ints, scale * LOG2E, **consts)
             else:
@@ -394,7 +403,7 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
                              *_strides(dq), *_strides(dk), *_strides(dv), n, H, Hg, ps["W"], scale * LOG2E, scale,
                              IEEE=ieee, DQK=DQK, DV=DV)
                 continue
-            if _cdiv(n, ps["RS"]) <= _short_rows():
+            if _cdiv(n, ps["RS"]) <= _short_rows(ieee):
                 _launch_short("seq_short", ps["P"] * B * Hg, _cdiv(n, ps["RS"]), q, k, v, o, do, dq, dk, dv, lse, delta, h0, *qkv,
                               *_strides(o), *_strides(do), *_strides(dq), *_strides(dk), *_strides(dv), *shape, **consts)
                 continue
