@@ -259,7 +259,8 @@ def _seq_fwd_short(Q, K, V, O, LSE, H0,
         m_i, l_i, acc = _softmax_step(q1, k, v, _seq_allowed(t1, t, len_r, W, EXCL),
                                       tl.full([BM], float("-inf"), tl.float32), tl.zeros([BM], tl.float32),
                                       tl.zeros([BM, DV], tl.float32), scale_log2e, IEEE)
-        m_i, l_i, acc = _softmax_step(q1, k1, v1, _seq_allowed(t1, t1, len_r, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
+        m_i, l_i, acc = _softmax_step(q1, k1, v1, _seq_allowed(t1, t1, len_r, W, EXCL), m_i, l_i, acc, scale_log2e,
+                                      IEEE)
         _put_o(O, LSE, ob, son, rbase + pos1, pos1, acc, m_i, l_i, ok1, DV, MERGE)
 
 
@@ -328,14 +329,15 @@ def _pair_step(q, do, k, v, allowed, lse2, delta, scale_log2e, dq, dk, dv, IEEE:
 
 
 @triton.jit
-def _short_tile(Q, K, V, O, DO, LSE, DELTA, qb, kb, vb, ob, dob, sqn, skn, svn, son, sdon, rbase,
-                t0, r, RS, len_r, ACCUM: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr):
-    """Everything a short problem's backward holds of rows t0 .. t0 + BM: (t, positions, which
-    exist, q, dO, lse (base 2), Δ, k, v)."""
+def _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, t0, r, RS, len_r,
+              ACCUM: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr):
+    """What a one-program backward holds of rows t0 .. t0 + BM of problem r: (t, positions, which
+    exist, q, dO, lse (base 2), Δ). A first pass computes Δ and stores it (a band tile loaded by
+    several programs is stored with the same values by each; none reads it back)."""
     t, pos, ok = _seq_at(t0, r, RS, len_r, BM)
-    q, do, lse2, delta = _dq_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, pos, sqn, sdon, son, rbase + pos, ok, DQK, DV, ACCUM)
-    k, v = _kv(K, V, kb, vb, pos, skn, svn, ok, DQK, DV)
-    return t, pos, ok, q, do, lse2, delta, k, v
+    q, do, lse2, delta = _dq_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, pos, sqn, sdon, son, rbase + pos, ok, DQK, DV,
+                                  ACCUM)
+    return t, pos, ok, q, do, lse2, delta
 
 
 @triton.jit
@@ -349,21 +351,23 @@ def _seq_bwd_short(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
     program, as one tile of T rows or (``HALF``) two of T/2: each pair of tiles is computed once,
     with no loop (the dq and dk/dv kernels, one program per tile, each recompute every pair)."""
     _, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, T, H0)
-    qb, kb, vb, ob, dob = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh, b * sob + h * soh, b * sdob + h * sdoh
+    qb, kb, vb = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh
+    ob, dob = b * sob + h * soh, b * sdob + h * sdoh
     dqb, dkb, dvb = b * sdqb + h * sdqh, b * sdkb + h * sdkh, b * sdvb + h * sdvh
     rbase = (b * H + h) * n
     dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
     BM: tl.constexpr = T // 2 if HALF else T
-    t, pos, ok, q, do, lse2, delta, k, v = _short_tile(Q, K, V, O, DO, LSE, DELTA, qb, kb, vb, ob, dob, sqn, skn, svn,
-                                                       son, sdon, rbase, 0, r, RS, len_r, ACCUM, DQK, DV, BM)
+    t, pos, ok, q, do, lse2, delta = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
+                                               0, r, RS, len_r, ACCUM, DQK, DV, BM)
+    k, v = _kv(K, V, kb, vb, pos, skn, svn, ok, DQK, DV)
     dq, dk, dv = _pair_step(q, do, k, v, _seq_allowed(t, t, len_r, W, EXCL) & ok[:, None], lse2, delta, scale_log2e,
                             tl.zeros([BM, DQK], tl.float32), tl.zeros([BM, DQK], tl.float32),
                             tl.zeros([BM, DV], tl.float32), IEEE)
     _put_rows(DQ, dqb, pos, sdqn, dq_, dq * scale, ok, ACCUM)
     if HALF:  # the second tile's rows take the first tile's keys (which are then complete) and their own
-        t1, pos1, ok1, q1, do1, lse1, delta1, k1, v1 = _short_tile(Q, K, V, O, DO, LSE, DELTA, qb, kb, vb, ob, dob, sqn,
-                                                                   skn, svn, son, sdon, rbase, BM, r, RS, len_r,
-                                                                   ACCUM, DQK, DV, BM)
+        t1, pos1, ok1, q1, do1, lse1, delta1 = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
+                                                         BM, r, RS, len_r, ACCUM, DQK, DV, BM)
+        k1, v1 = _kv(K, V, kb, vb, pos1, skn, svn, ok1, DQK, DV)
         dq1, dk, dv = _pair_step(q1, do1, k, v, _seq_allowed(t1, t, len_r, W, EXCL) & ok1[:, None], lse1, delta1,
                                  scale_log2e, tl.zeros([BM, DQK], tl.float32), dk, dv, IEEE)
         _put_rows(DK, dkb, pos, sdkn, dq_, dk * scale, ok, ACCUM)
@@ -375,16 +379,6 @@ def _seq_bwd_short(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
         pos, ok, dk, dv = pos1, ok1, dk1, dv1
     _put_rows(DK, dkb, pos, sdkn, dq_, dk * scale, ok, ACCUM)
     _put_rows(DV_, dvb, pos, sdvn, dv_, dv, ok, ACCUM)
-
-
-@triton.jit
-def _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, i, n, DQK: tl.constexpr, DV: tl.constexpr,
-               TILE: tl.constexpr):
-    """Row tile ``i`` of a band: (t, which exist, q, dO, lse (base 2), Δ (computed, and stored: every
-    program that loads the tile stores the same values, none reads them back))."""
-    t, pos, ok = _seq_at(i * TILE, 0, 1, n, TILE)
-    q, do, lse2, delta = _dq_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, pos, sqn, sdon, son, rbase + pos, ok, DQK, DV, False)
-    return t, pos, ok, q, do, lse2, delta
 
 
 @triton.jit
@@ -407,17 +401,18 @@ def _band_bwd(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
     rest = pid // NC
     h = (H0 + rest % Hg).to(tl.int64)
     b = (rest // Hg).to(tl.int64)
-    qb, kb, vb, ob, dob = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh, b * sob + h * soh, b * sdob + h * sdoh
+    qb, kb, vb = b * sqb + h * sqh, b * skb + h * skh, b * svb + h * svh
+    ob, dob = b * sob + h * soh, b * sdob + h * sdoh
     dqb, dkb, dvb = b * sdqb + h * sdqh, b * sdkb + h * sdkh, b * sdvb + h * sdvh
     rbase = (b * H + h) * n
     dq_, dv_ = tl.arange(0, DQK), tl.arange(0, DV)
     dqA = tl.zeros([TILE, DQK], tl.float32)  # row tile j's dq, then j+1's, then j+2's
     dqB = tl.zeros([TILE, DQK], tl.float32)
     if a > 0:  # what key tiles a-2, a-1 give row tiles a, a+1
-        tA, posA, okA, qA, doA, lA, dA = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, a, n,
-                                                    DQK, DV, TILE)
-        tB, posB, okB, qB, doB, lB, dB = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, a + 1, n,
-                                                    DQK, DV, TILE)
+        tA, posA, okA, qA, doA, lA, dA = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
+                                                   a * TILE, 0, 1, n, False, DQK, DV, TILE)
+        tB, posB, okB, qB, doB, lB, dB = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
+                                                   (a + 1) * TILE, 0, 1, n, False, DQK, DV, TILE)
         tk, kpos, kok = _seq_at((a - 2) * TILE, 0, 1, n, TILE)
         k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
         dqA = _dq_step(qA, doA, k, v, _seq_allowed(tA, tk, n, W, 0) & okA[:, None], lA, dA, scale_log2e, dqA, IEEE)
@@ -428,17 +423,17 @@ def _band_bwd(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
     for j in range(a, tl.minimum(a + CH, NT)):
         tk, kpos, kok = _seq_at(j * TILE, 0, 1, n, TILE)
         k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
-        t0, pos0, ok0, q0, do0, l0, d0 = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, j, n,
-                                                    DQK, DV, TILE)
+        t0, pos0, ok0, q0, do0, l0, d0 = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
+                                                   j * TILE, 0, 1, n, False, DQK, DV, TILE)
         dqA, dk, dv = _pair_step(q0, do0, k, v, _seq_allowed(t0, tk, n, W, 0) & ok0[:, None], l0, d0, scale_log2e,
                                  dqA, tl.zeros([TILE, DQK], tl.float32), tl.zeros([TILE, DV], tl.float32), IEEE)
         _put_rows(DQ, dqb, pos0, sdqn, dq_, dqA * scale, ok0)
-        t1, pos1, ok1, q1, do1, l1, d1 = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, j + 1, n,
-                                                    DQK, DV, TILE)
+        t1, pos1, ok1, q1, do1, l1, d1 = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
+                                                   (j + 1) * TILE, 0, 1, n, False, DQK, DV, TILE)
         dqA, dk, dv = _pair_step(q1, do1, k, v, _seq_allowed(t1, tk, n, W, 0) & ok1[:, None], l1, d1, scale_log2e,
                                  dqB, dk, dv, IEEE)
-        t2, pos2, ok2, q2, do2, l2, d2 = _band_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase, j + 2, n,
-                                                    DQK, DV, TILE)
+        t2, pos2, ok2, q2, do2, l2, d2 = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
+                                                   (j + 2) * TILE, 0, 1, n, False, DQK, DV, TILE)
         dqB, dk, dv = _pair_step(q2, do2, k, v, _seq_allowed(t2, tk, n, W, 0) & ok2[:, None], l2, d2, scale_log2e,
                                  tl.zeros([TILE, DQK], tl.float32), dk, dv, IEEE)
         _put_rows(DK, dkb, kpos, sdkn, dq_, dk * scale, kok)
