@@ -336,12 +336,14 @@ def _cdiv(a: int, b: int) -> int:
 def _pass_plan(g: Group, p: int, ps: dict, n: int, B: int, H: int, second: str, consts: dict):
     """How pass ``p`` (``ps``) of group ``g`` launches on the seq kernels, alike for the forward and
     both backward kernels: (its int arguments after the strides, its constexprs, the grid over row
-    tiles, the grid over key tiles); grids take (BM, BN). ``second`` names the flag of a second pass
+    tiles, the grid over key tiles, and (problems, rows) where its problems are short enough for the
+    one-program kernels, else None); grids take (BM, BN). ``second`` names the flag of a second pass
     (MERGE forward, ACCUM backward)."""
     rows, nprob = _cdiv(n, ps["RS"]), ps["P"] * B * len(g.heads)
     ints = (n, H, len(g.heads), ps["RS"], ps["P"], ps["W"])
+    short = (nprob, rows) if rows <= _short_rows(consts["IEEE"]) else None
     consts = {**consts, "EXCL": ps["EXCL"], second: p > 0}
-    return ints, consts, lambda bm, bn: _cdiv(rows, bm) * nprob, lambda bm, bn: _cdiv(rows, bn) * nprob
+    return ints, consts, lambda bm, bn: _cdiv(rows, bm) * nprob, lambda bm, bn: _cdiv(rows, bn) * nprob, short
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tuple[Tensor, Tensor]:
@@ -359,10 +361,10 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
                     HAS_BLOCK=g.block, HAS_SUMMARY=g.has_summary, IEEE=_ieee(q), DQK=DQK, DV=DV)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            ints, consts, rows, _keys = _pass_plan(g, p, ps, n, B, H, "MERGE", dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
-            if _cdiv(n, ps["RS"]) <= _short_rows(consts["IEEE"]):
-                _launch_short("seq_fwd_short", ps["P"] * B * len(g.heads), _cdiv(n, ps["RS"]), q, k, v, o, lse, h0,
-                              *common, *ints, scale * LOG2E, **consts)
+            ints, consts, rows, _keys, short = _pass_plan(g, p, ps, n, B, H, "MERGE",
+                                                          dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
+            if short:
+                _launch_short("seq_fwd_short", *short, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
             else:
                 _launch("seq_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
     return o, lse
@@ -395,17 +397,17 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
                         h0, S, *kv_args, n, H, Hg, L, C, G, scale * LOG2E, scale, **fx)
             continue
         for p, ps in enumerate(_seq_passes(g, n)):
-            ints, consts, rows, keys = _pass_plan(g, p, ps, n, B, H, "ACCUM", dict(IEEE=ieee, DQK=DQK, DV=DV))
+            ints, consts, rows, keys, short = _pass_plan(g, p, ps, n, B, H, "ACCUM", dict(IEEE=ieee, DQK=DQK, DV=DV))
             shape = (*ints, scale * LOG2E, scale)
             tile = _band_tile()
+            one_program = (q, k, v, o, do, dq, dk, dv, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq),
+                           *_strides(dk), *_strides(dv))  # what the band and short kernels take first
             if ps["RS"] == 1 and p == 0 and tile and ps["W"] <= 2 * tile + 1:
-                _launch_band(n, B * Hg, q, k, v, o, do, dq, dk, dv, lse, delta, h0, *qkv, *_strides(o), *_strides(do),
-                             *_strides(dq), *_strides(dk), *_strides(dv), n, H, Hg, ps["W"], scale * LOG2E, scale,
+                _launch_band(n, B * Hg, *one_program, n, H, Hg, ps["W"], scale * LOG2E, scale,
                              IEEE=ieee, DQK=DQK, DV=DV)
                 continue
-            if _cdiv(n, ps["RS"]) <= _short_rows(ieee):
-                _launch_short("seq_short", ps["P"] * B * Hg, _cdiv(n, ps["RS"]), q, k, v, o, do, dq, dk, dv, lse, delta, h0, *qkv,
-                              *_strides(o), *_strides(do), *_strides(dq), *_strides(dk), *_strides(dv), *shape, **consts)
+            if short:
+                _launch_short("seq_short", *short, *one_program, *shape, **consts)
                 continue
             _launch("seq_dq", rows,
                     q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **consts)
