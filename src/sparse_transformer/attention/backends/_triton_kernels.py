@@ -37,7 +37,6 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_ORDER = tl.constexpr(int(os.environ.get("SPARSE_TRANSFORMER_TRITON_ORDER", "0")))  # A/B of program orders
 
 
 @triton.jit
@@ -179,27 +178,12 @@ def _seq_problem(pid, n, Hg, RS, P, BLOCK: tl.constexpr, H0):
     read whole rows of (B, n, H, d)), then the residue r, then the batch."""
     maxlen = tl.cdiv(n, RS)
     NT = tl.cdiv(maxlen, BLOCK)
-    if _ORDER == 0:
-        tile = pid % NT
-        rest = pid // NT
-        hh = rest % Hg
-        rest = rest // Hg
-        r = rest % P
-        b = rest // P
-    elif _ORDER == 1:
-        hh = pid % Hg
-        rest = pid // Hg
-        tile = rest % NT
-        rest = rest // NT
-        r = rest % P
-        b = rest // P
-    else:
-        hh = pid % Hg
-        rest = pid // Hg
-        r = rest % P
-        rest = rest // P
-        tile = rest % NT
-        b = rest // NT
+    tile = pid % NT
+    rest = pid // NT
+    hh = rest % Hg
+    rest = rest // Hg
+    r = rest % P
+    b = rest // P
     h = H0 + hh
     len_r = (n - r + RS - 1) // RS
     return tile, b.to(tl.int64), h.to(tl.int64), r, len_r
@@ -462,17 +446,10 @@ def _band_bwd(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
 @triton.jit
 def _fixed_problem(pid, NT, Hg, H0, S, L, C):
     """(tile, b, h, off) of program ``pid``; off: the first cell of head h's summary slice h % S."""
-    if _ORDER == 0:
-        tile = pid % NT
-        rest = pid // NT
-        h = H0 + rest % Hg
-        b = rest // Hg
-    else:
-        h = H0 + pid % Hg
-        rest = pid // Hg
-        tile = rest % NT
-        b = rest // NT
-    return tile, b.to(tl.int64), h.to(tl.int64), L - (h % S + 1) * C
+    tile = pid % NT
+    rest = pid // NT
+    h = H0 + rest % Hg
+    return tile, (rest // Hg).to(tl.int64), h.to(tl.int64), L - (h % S + 1) * C
 
 
 @triton.jit
