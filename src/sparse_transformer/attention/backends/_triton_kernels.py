@@ -37,7 +37,6 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_SPLIT = tl.constexpr(int(os.environ.get("SPARSE_TRANSFORMER_TRITON_SPLIT", "1")))  # A/B: unmasked interior tiles
 
 
 @triton.jit
@@ -197,57 +196,6 @@ def _seq_allowed(t, tk, len_r, W, EXCL: tl.constexpr):
 
 
 @triton.jit
-def _interior(lo, hi, a, b, STEP: tl.constexpr):
-    """(m1, m2) splitting the tiles lo, lo + STEP, ... below hi: those starting in [m1, m2) are the
-    ones starting in [a, b], which need no mask; the rest (before m1, from m2 on) do."""
-    if not _SPLIT:
-        return hi, hi
-    top = lo + tl.cdiv(tl.maximum(hi - lo, 0), STEP) * STEP
-    m1 = tl.minimum(lo + tl.cdiv(tl.maximum(a - lo, 0), STEP) * STEP, top)
-    return m1, tl.maximum(m1, tl.minimum(lo + tl.maximum(b - lo + STEP, 0) // STEP * STEP, top))
-
-
-@triton.jit
-def _seq_fwd_tiles(q, K, V, kb, vb, skn, svn, t, r, RS, len_r, W, s_lo, s_hi, m_i, l_i, acc, scale_log2e,
-                   EXCL: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
-                   DQK: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr):
-    """The forward's key tiles s_lo, s_lo + BN, ... below s_hi (all allowed to every row unless ``MASKED``)."""
-    for s0 in range(s_lo, s_hi, BN):
-        tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
-        k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
-        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, len_r, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE,
-                                      MASKED)
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _seq_dq_tiles(q, do, K, V, kb, vb, skn, svn, t, r, RS, len_r, W, s_lo, s_hi, lse2, delta, acc, scale_log2e,
-                  EXCL: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
-                  DQK: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr):
-    """dq's key tiles s_lo, s_lo + BN, ... below s_hi (as ``_seq_fwd_tiles``)."""
-    for s0 in range(s_lo, s_hi, BN):
-        tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
-        k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
-        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, acc, IEEE, MASKED)
-    return acc
-
-
-@triton.jit
-def _seq_dkdv_tiles(k, v, Q, DO, qb, dob, sqn, sdon, LSE, DELTA, lrow0, tk, r, RS, len_r, W, t_lo, t_hi, dk, dv,
-                    scale_log2e, EXCL: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
-                    DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr):
-    """dk/dv's row tiles t_lo, t_lo + BM, ... below t_hi (every row allowed to every key, or beyond
-    the problem and zero-loaded, unless ``MASKED``)."""
-    for t0 in range(t_lo, t_hi, BM):
-        t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
-        q, do = _kv(Q, DO, qb, dob, pos, sqn, sdon, valid, DQK, DV)
-        lse2, delta = _row_stats(LSE, DELTA, lrow0 + pos, valid)
-        allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
-        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE, MASKED)
-    return dk, dv
-
-
-@triton.jit
 def _merged(o, lse, optr, lptr, valid):
     """(o, lse) of the union with the first pass's softmax over disjoint keys (stored at optr, lptr),
     by log-sum-exp."""
@@ -279,15 +227,10 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    # key tiles wholly inside every row's window (a, b below) skip the mask: the edge and the diagonal keep it
-    kb, vb, lo, hi = b * skb + h * skh, b * svb + h * svh, tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r)
-    m1, m2 = _interior(lo, hi, t0 + BM - W, t0 - EXCL - BN + 1, BN)
-    m_i, l_i, acc = _seq_fwd_tiles(q, K, V, kb, vb, skn, svn, t, r, RS, len_r, W, lo, m1, m_i, l_i, acc, scale_log2e,
-                                   EXCL, IEEE, True, DQK, DV, BN)
-    m_i, l_i, acc = _seq_fwd_tiles(q, K, V, kb, vb, skn, svn, t, r, RS, len_r, W, m1, m2, m_i, l_i, acc, scale_log2e,
-                                   EXCL, IEEE, False, DQK, DV, BN)
-    m_i, l_i, acc = _seq_fwd_tiles(q, K, V, kb, vb, skn, svn, t, r, RS, len_r, W, m2, hi, m_i, l_i, acc, scale_log2e,
-                                   EXCL, IEEE, True, DQK, DV, BN)
+    for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
+        tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
+        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, len_r, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
     _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV, MERGE)
 
 
@@ -338,14 +281,10 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     q, do, lse2, delta = _dq_rows(Q, DO, O, LSE, DELTA, b * sqb + h * sqh, b * sdob + h * sdoh, b * sob + h * soh, pos,
                                   sqn, sdon, son, (b * H + h) * n + pos, valid, DQK, DV, ACCUM)
     acc = tl.zeros([BM, DQK], tl.float32)
-    kb, vb, lo, hi = b * skb + h * skh, b * svb + h * svh, tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r)
-    m1, m2 = _interior(lo, hi, t0 + BM - W, t0 - EXCL - BN + 1, BN)  # as in the forward
-    acc = _seq_dq_tiles(q, do, K, V, kb, vb, skn, svn, t, r, RS, len_r, W, lo, m1, lse2, delta, acc, scale_log2e,
-                        EXCL, IEEE, True, DQK, DV, BN)
-    acc = _seq_dq_tiles(q, do, K, V, kb, vb, skn, svn, t, r, RS, len_r, W, m1, m2, lse2, delta, acc, scale_log2e,
-                        EXCL, IEEE, False, DQK, DV, BN)
-    acc = _seq_dq_tiles(q, do, K, V, kb, vb, skn, svn, t, r, RS, len_r, W, m2, hi, lse2, delta, acc, scale_log2e,
-                        EXCL, IEEE, True, DQK, DV, BN)
+    for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
+        tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
+        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, acc, IEEE)
     _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid, ACCUM)
 
 
@@ -368,16 +307,12 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
     k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kvalid, DQK, DV)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
-    # row tiles whose every row takes every key of the tile skip the mask
-    qb, dob, lrow0 = b * sqb + h * sqh, b * sdob + h * sdoh, (b * H + h) * n
-    lo, hi = (s0 + EXCL) // BM * BM, tl.minimum(s0 + BN - 1 + W, len_r)
-    m1, m2 = _interior(lo, hi, s0 + BN - 1 + EXCL, s0 + W - BM, BM)
-    dk, dv = _seq_dkdv_tiles(k, v, Q, DO, qb, dob, sqn, sdon, LSE, DELTA, lrow0, tk, r, RS, len_r, W, lo, m1, dk, dv,
-                             scale_log2e, EXCL, IEEE, True, DQK, DV, BM)
-    dk, dv = _seq_dkdv_tiles(k, v, Q, DO, qb, dob, sqn, sdon, LSE, DELTA, lrow0, tk, r, RS, len_r, W, m1, m2, dk, dv,
-                             scale_log2e, EXCL, IEEE, False, DQK, DV, BM)
-    dk, dv = _seq_dkdv_tiles(k, v, Q, DO, qb, dob, sqn, sdon, LSE, DELTA, lrow0, tk, r, RS, len_r, W, m2, hi, dk, dv,
-                             scale_log2e, EXCL, IEEE, True, DQK, DV, BM)
+    for t0 in range((s0 + EXCL) // BM * BM, tl.minimum(s0 + BN - 1 + W, len_r), BM):
+        t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
+        q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
+        allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
+        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
     _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
     _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)
 
