@@ -46,16 +46,16 @@ def kernel_table(K) -> dict:
     }
 
 
-def tiles(c: tuple) -> tuple[dict, int, int, int | None]:
-    """(constexpr tiles, warps, stages, register cap) of a candidate tuple (BM, BN, warps, stages[, maxnreg])
-    of triton.CONFIG_SETS, or ("short", HALF, warps[, maxnreg]) of the one-program kernels (at their
-    largest problem, T = 128 rows), or ("band", TILE, CH, warps, stages) of the band's one-kernel backward."""
+def tiles(c: tuple) -> tuple[dict, int, int]:
+    """(constexpr tiles, warps, stages) of a candidate tuple (BM, BN, warps, stages) of triton.CONFIG_SETS,
+    or ("short", HALF, warps) of the one-program backward (at its largest problem, T = 128 rows), or
+    ("band", TILE, CH, warps, stages) of the band's one-kernel backward."""
     if c[0] == "short":
-        return dict(T=128, HALF=c[1]), c[2], 1, (c[3:] or (None,))[0]
+        return dict(T=128, HALF=c[1]), c[2], 1
     if c[0] == "band":
-        return dict(TILE=c[1], CH=c[2]), c[3], c[4], None
-    bm, bn, w, s, *cap = c
-    return dict(BM=bm, BN=bn), w, s, (cap or [None])[0]
+        return dict(TILE=c[1], CH=c[2]), c[3], c[4]
+    bm, bn, w, s = c
+    return dict(BM=bm, BN=bn), w, s
 
 
 # Integer arguments at a representative launch (16k tokens, B 8, H 16, d 64 in (B, n, H, d) layout,
@@ -73,8 +73,7 @@ def launch_values(kernel: str) -> dict:
     return ints
 
 
-def compile_for(fn, consts: dict, arch: int, warps: int, stages: int, dtype: str = "bf16", values: dict | None = None,
-                maxnreg: int | None = None):
+def compile_for(fn, consts: dict, arch: int, warps: int, stages: int, dtype: str = "bf16", values: dict | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -97,7 +96,7 @@ def compile_for(fn, consts: dict, arch: int, warps: int, stages: int, dtype: str
             if name in values and values[name] % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {})))
+                          options=dict(num_warps=warps, num_stages=stages))
 
 
 def resources(kernel) -> dict:
@@ -146,24 +145,23 @@ def main(argv=None):
           "|---|---|---|---|---|---|---|---|---|")
     for name in names:
         fn, flags, kind = table[name]
-        short = tb._SHORT_FWD if name == "seq_fwd_short" else tb._SHORT
-        cands = ([("short", *c) for c in short] if kind == "short"
+        cands = ([("short", h, w) for h, w in tb._SHORT] if kind == "short"
                  else [("band", tb.BAND_TILE, *c) for c in tb._BAND] if kind == "band"
                  else list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s][kind])))
         for dqk, dv in dims:
             for c in cands:
-                t, w, st, cap = tiles(c)
+                t, w, st = tiles(c)
                 t0 = time.time()
-                row = dict(kernel=name, d_qk=dqk, d_v=dv, **t, warps=w, stages=st, maxnreg=cap, arch=args.arch)
+                row = dict(kernel=name, d_qk=dqk, d_v=dv, **t, warps=w, stages=st, arch=args.arch)
                 try:
                     row.update(resources(compile_for(fn, dict(flags, IEEE=False, DQK=dqk, DV=dv, **t), args.arch, w, st,
-                                                     values=launch_values(name), maxnreg=cap)))
+                                                     values=launch_values(name))))
                 except Exception as e:  # noqa: BLE001  a config the compiler refuses is a result too
                     row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
                 row["compile_s"] = round(time.time() - t0, 1)
                 rows.append(row)
                 tile = " ".join(f"{k}={v}" for k, v in t.items())
-                print(f"| {name} | {dqk}/{dv} | {tile} | {w} | {st}{f' (cap {cap})' if cap else ''} | {row.get('regs', '–')} | "
+                print(f"| {name} | {dqk}/{dv} | {tile} | {w} | {st} | {row.get('regs', '–')} | "
                       f"{row.get('stack', row.get('error', '–'))} | {row.get('shared', 0) / 1024:.0f} | {row.get('pipelined_loads', '–')} |",
                       flush=True)
     import triton

@@ -57,8 +57,7 @@ _bench = Autotuner._bench
 def _recording_bench(self, *a, config, **meta):
     t = _bench(self, *a, config=config, **meta)
     TIMINGS.append(dict(kernel=self.base_fn.__name__, meta={k: v for k, v in meta.items() if k.isupper()},
-                        config=dict(**config.kwargs, warps=config.num_warps, stages=config.num_stages,
-                                    maxnreg=config.maxnreg), ms=t[0]))
+                        config=dict(**config.kwargs, warps=config.num_warps, stages=config.num_stages), ms=t[0]))
     return t
 
 

@@ -174,16 +174,8 @@ _WIDE = [(32, 32, 2, 3), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64
          (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3)]
 _TUNED_FWD = [(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 4, 3), (32, 32, 2, 3), (64, 64, 4, 3)]
 _TUNED_BWD = [(32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 4, 3), (32, 32, 2, 3)]
-# A fifth element caps the registers a thread (maxnreg), so that one more program shares an SM: compiled
-# for sm_90 (bench/kernel_resources.py), the dq kernel's 64x64 tiles take 159 registers (3 programs an
-# SM) and fit 128 without spilling (4), the dk/dv kernel's 32x64 ones 142 (3) and 128 with 16 bytes
-# spilled (4), its 64x64 ones 194 (2) and 168 with 48 (3). SPARSE_TRANSFORMER_TRITON_MAXNREG=0 drops them.
-_CAPPED_FWD = [(64, 64, 4, 2, 128)]
-_CAPPED_BWD = [(64, 64, 4, 2, 128), (32, 64, 4, 3, 128), (64, 64, 4, 2, 168)]
-MAXNREG_ENV = "SPARSE_TRANSFORMER_TRITON_MAXNREG"
-_CAPPED = os.environ.get(MAXNREG_ENV, "1") != "0"
-CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD + _CAPPED_FWD * _CAPPED, bwd=_TUNED_BWD + _CAPPED_BWD * _CAPPED),
-               "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]), "wide": dict(fwd=_WIDE, bwd=_WIDE)}
+CONFIG_SETS = {"tuned": dict(fwd=_TUNED_FWD, bwd=_TUNED_BWD), "one": dict(fwd=_TUNED_FWD[:1], bwd=_TUNED_BWD[:1]),
+               "wide": dict(fwd=_WIDE, bwd=_WIDE)}
 CONFIG_ENV = "SPARSE_TRANSFORMER_TRITON_CONFIGS"
 # The one-program forward and backward of a short problem (a stride pass with n / l rows, at most
 # SHORT_ROWS; the environment variable lowers it, 0 turns them off): two tiles of T/2 rows (HALF),
@@ -193,7 +185,6 @@ CONFIG_ENV = "SPARSE_TRANSFORMER_TRITON_CONFIGS"
 SHORT_ROWS_ENV = "SPARSE_TRANSFORMER_TRITON_SHORT_ROWS"
 SHORT_ROWS = 128
 _SHORT = [(1, 4), (1, 8)]
-_SHORT_FWD = _SHORT + [(1, 4, 128)] * _CAPPED  # (HALF, warps, maxnreg): the forward's d 64 fits 128 (163 uncapped)
 # The band's one-kernel backward (a local pass with l <= 2·64 + 1; key tiles per program, warps,
 # stages autotuned) is opt-in, SPARSE_TRANSFORMER_TRITON_BAND=fused: on an H200 it lost to the dq
 # and dk/dv kernels (16k, l 128, d 64: 1.68 vs 1.46 ms; bench/results/tune-h200-band.json): at 255
@@ -230,19 +221,15 @@ def _kernels():
 
     from . import _triton_kernels as K
 
-    def cfg(bm, bn, w, s, maxnreg=None):
-        return triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s, maxnreg=maxnreg)
-
-    def short_cfg(half, w, maxnreg=None):
-        return triton.Config({"HALF": half}, num_warps=w, num_stages=1, maxnreg=maxnreg)
+    def cfg(bm, bn, w, s):
+        return triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
 
     configs = os.environ.get(CONFIG_ENV, "tuned")
     if configs not in CONFIG_SETS:
         raise ValueError(f"{CONFIG_ENV}={configs} is unknown; valid: {', '.join(CONFIG_SETS)}")
     fwd = [cfg(*c) for c in CONFIG_SETS[configs]["fwd"]]
     first = 1 if configs == "one" else None
-    short = [short_cfg(*c) for c in _SHORT[:first]]
-    short_fwd = [short_cfg(*c) for c in _SHORT_FWD[:first]]
+    short = [triton.Config({"HALF": h}, num_warps=w, num_stages=1) for h, w in _SHORT[:first]]
     band = [triton.Config({"TILE": BAND_TILE, "CH": c}, num_warps=w, num_stages=st) for c, w, st in _BAND[:first]]
     bwd = [cfg(*c) for c in CONFIG_SETS[configs]["bwd"]]
     seq_key = ["n", "H", "RS", "W", "DQK", "DV", "EXCL"]
@@ -262,7 +249,7 @@ def _kernels():
         seq_fwd=tune(K._seq_fwd, fwd, seq_key + ["MERGE"], ("O", "LSE")),
         seq_dq=tune(K._seq_bwd_dq, bwd, seq_key + ["ACCUM"], ("DQ",)),
         seq_dkdv=tune(K._seq_bwd_dkdv, bwd, seq_key + ["ACCUM"], ("DK", "DV_")),
-        seq_fwd_short=tune(K._seq_fwd_short, short_fwd, seq_key + ["MERGE", "T"], ("O", "LSE")),
+        seq_fwd_short=tune(K._seq_fwd_short, short, seq_key + ["MERGE", "T"], ("O", "LSE")),
         band_bwd=tune(K._band_bwd, band, ["n", "H", "W", "DQK", "DV"]),
         seq_short=tune(K._seq_bwd_short, short, seq_key + ["ACCUM", "T"], ("DQ", "DK", "DV_")),
         fixed_fwd=tune(K._fixed_fwd, fwd, fixed_key + ["HAS_SUMMARY"]),
