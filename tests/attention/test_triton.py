@@ -273,6 +273,26 @@ def test_gpu_short_residue_sequences_match_the_reference(pattern, dims, dtype, t
 @pytest.mark.parametrize("dims,dtype,tol", [((64, 64), torch.bfloat16, 2e-2), ((32, 32), torch.float16, 2e-2),
                                             ((64, 128), torch.bfloat16, 2e-2), ((64, 64), torch.float32, 1e-5)],
                          ids=["d64-bf16", "d32-fp16", "d64-128-bf16", "d64-fp32"])
+def test_gpu_a_sequence_of_at_most_128_rows_runs_every_pass_as_one_program(dims, dtype, tol, monkeypatch):
+    """n <= 128: the band pass too runs one program per (b, h) (bf16/fp16; fp32 with IEEE dots keeps
+    the row-tile and key-tile kernels on a GPU), alone, as merged strided's first pass, and a band
+    wider than the sequence."""
+    launched = []
+    launch = tb._launch_short
+    monkeypatch.setattr(tb, "_launch_short", lambda *a, **kw: launched.append(a[:3]) or launch(*a, **kw))
+    for pattern, l, n in (("local", 32, 128), ("local", 128, 100), ("strided", 8, 128), ("strided", 16, 77)):
+        heads = layer_heads(pattern, 4, l, integration="merged")
+        errs = _errors(heads, n, dtype, *dims, B=2, seed=n + l)
+        assert max(errs) < tol, (pattern, l, n, errs)
+    bands = [a for a in launched if a[0] == "seq_short" and a[1] == 2 * 4]
+    assert bands == ([] if dtype == torch.float32 else [("seq_short", 8, n) for n in (128, 100, 128, 77)]), launched
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("dims,dtype,tol", [((64, 64), torch.bfloat16, 2e-2), ((32, 32), torch.float16, 2e-2),
+                                            ((64, 128), torch.bfloat16, 2e-2), ((64, 64), torch.float32, 1e-5)],
+                         ids=["d64-bf16", "d32-fp16", "d64-128-bf16", "d64-fp32"])
 def test_gpu_band_backward_matches_the_reference(dims, dtype, tol, monkeypatch):
     """The band's one-kernel backward (opt-in; 64-row tiles: l up to 129) at l 40, 128 and 129, alone
     and as strided's band; l 130 takes the dq and dk/dv kernels."""
