@@ -190,9 +190,16 @@ def _seq_problem(pid, n, Hg, RS, P, BLOCK: tl.constexpr, H0):
 
 
 @triton.jit
-def _seq_allowed(t, tk, len_r, W, EXCL: tl.constexpr):
-    """Rows t may attend keys t' in (t - W, t - EXCL] of the problem (len_r rows)."""
-    return (tk[None, :] <= t[:, None] - EXCL) & (t[:, None] - tk[None, :] < W) & (tk < len_r)[None, :]
+def _seq_allowed(t, tk, W, EXCL: tl.constexpr, TRANS: tl.constexpr = False):
+    """Rows t may attend keys t' in (t - W, t - EXCL]: 0 <= t - EXCL - t' < W - EXCL, one subtract
+    and one unsigned compare an element (the mask is computed for every score). No key beyond the
+    problem passes for a row in it (t' <= t - EXCL); rows beyond it are not stored, or (zero-loaded,
+    with lse = Δ = 0) add nothing to dk and dv. ``TRANS``: keys by rows, computed in that orientation."""
+    if TRANS:  # one return: the compiler wants one result type for both branches
+        d = (t - EXCL)[None, :] - tk[:, None]
+    else:
+        d = (t - EXCL)[:, None] - tk[None, :]
+    return d.to(tl.uint32) < (W - EXCL).to(tl.uint32)
 
 
 @triton.jit
@@ -230,7 +237,7 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
-        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, len_r, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
+        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
     _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV, MERGE)
 
 
@@ -249,17 +256,17 @@ def _seq_fwd_short(Q, K, V, O, LSE, H0,
     t, pos, ok = _seq_at(0, r, RS, len_r, BM)
     q = _rows(Q, qb, pos, sqn, tl.arange(0, DQK), ok)
     k, v = _kv(K, V, kb, vb, pos, skn, svn, ok, DQK, DV)
-    m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, t, len_r, W, EXCL), tl.full([BM], float("-inf"), tl.float32),
+    m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, t, W, EXCL), tl.full([BM], float("-inf"), tl.float32),
                                   tl.zeros([BM], tl.float32), tl.zeros([BM, DV], tl.float32), scale_log2e, IEEE)
     _put_o(O, LSE, ob, son, rbase + pos, pos, acc, m_i, l_i, ok, DV, MERGE)
     if HALF:
         t1, pos1, ok1 = _seq_at(BM, r, RS, len_r, BM)
         q1 = _rows(Q, qb, pos1, sqn, tl.arange(0, DQK), ok1)
         k1, v1 = _kv(K, V, kb, vb, pos1, skn, svn, ok1, DQK, DV)
-        m_i, l_i, acc = _softmax_step(q1, k, v, _seq_allowed(t1, t, len_r, W, EXCL),
+        m_i, l_i, acc = _softmax_step(q1, k, v, _seq_allowed(t1, t, W, EXCL),
                                       tl.full([BM], float("-inf"), tl.float32), tl.zeros([BM], tl.float32),
                                       tl.zeros([BM, DV], tl.float32), scale_log2e, IEEE)
-        m_i, l_i, acc = _softmax_step(q1, k1, v1, _seq_allowed(t1, t1, len_r, W, EXCL), m_i, l_i, acc, scale_log2e,
+        m_i, l_i, acc = _softmax_step(q1, k1, v1, _seq_allowed(t1, t1, W, EXCL), m_i, l_i, acc, scale_log2e,
                                       IEEE)
         _put_o(O, LSE, ob, son, rbase + pos1, pos1, acc, m_i, l_i, ok1, DV, MERGE)
 
@@ -284,7 +291,7 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
-        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, len_r, W, EXCL), lse2, delta, scale_log2e, acc, IEEE)
+        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, W, EXCL), lse2, delta, scale_log2e, acc, IEEE)
     _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid, ACCUM)
 
 
@@ -311,7 +318,7 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
-        allowed_t = tl.trans(_seq_allowed(t, tk, len_r, W, EXCL)) & valid[None, :]
+        allowed_t = _seq_allowed(t, tk, W, EXCL, True)
         dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
     _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
     _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)
@@ -360,7 +367,7 @@ def _seq_bwd_short(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
     t, pos, ok, q, do, lse2, delta = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
                                                0, r, RS, len_r, ACCUM, DQK, DV, BM)
     k, v = _kv(K, V, kb, vb, pos, skn, svn, ok, DQK, DV)
-    dq, dk, dv = _pair_step(q, do, k, v, _seq_allowed(t, t, len_r, W, EXCL) & ok[:, None], lse2, delta, scale_log2e,
+    dq, dk, dv = _pair_step(q, do, k, v, _seq_allowed(t, t, W, EXCL), lse2, delta, scale_log2e,
                             tl.zeros([BM, DQK], tl.float32), tl.zeros([BM, DQK], tl.float32),
                             tl.zeros([BM, DV], tl.float32), IEEE)
     _put_rows(DQ, dqb, pos, sdqn, dq_, dq * scale, ok, ACCUM)
@@ -368,11 +375,11 @@ def _seq_bwd_short(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
         t1, pos1, ok1, q1, do1, lse1, delta1 = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
                                                          BM, r, RS, len_r, ACCUM, DQK, DV, BM)
         k1, v1 = _kv(K, V, kb, vb, pos1, skn, svn, ok1, DQK, DV)
-        dq1, dk, dv = _pair_step(q1, do1, k, v, _seq_allowed(t1, t, len_r, W, EXCL) & ok1[:, None], lse1, delta1,
+        dq1, dk, dv = _pair_step(q1, do1, k, v, _seq_allowed(t1, t, W, EXCL), lse1, delta1,
                                  scale_log2e, tl.zeros([BM, DQK], tl.float32), dk, dv, IEEE)
         _put_rows(DK, dkb, pos, sdkn, dq_, dk * scale, ok, ACCUM)
         _put_rows(DV_, dvb, pos, sdvn, dv_, dv, ok, ACCUM)
-        dq1, dk1, dv1 = _pair_step(q1, do1, k1, v1, _seq_allowed(t1, t1, len_r, W, EXCL) & ok1[:, None], lse1, delta1,
+        dq1, dk1, dv1 = _pair_step(q1, do1, k1, v1, _seq_allowed(t1, t1, W, EXCL), lse1, delta1,
                                    scale_log2e, dq1, tl.zeros([BM, DQK], tl.float32), tl.zeros([BM, DV], tl.float32),
                                    IEEE)
         _put_rows(DQ, dqb, pos1, sdqn, dq_, dq1 * scale, ok1, ACCUM)
@@ -415,26 +422,26 @@ def _band_bwd(Q, K, V, O, DO, DQ, DK, DV_, LSE, DELTA, H0,
                                                    (a + 1) * TILE, 0, 1, n, False, DQK, DV, TILE)
         tk, kpos, kok = _seq_at((a - 2) * TILE, 0, 1, n, TILE)
         k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
-        dqA = _dq_step(qA, doA, k, v, _seq_allowed(tA, tk, n, W, 0) & okA[:, None], lA, dA, scale_log2e, dqA, IEEE)
+        dqA = _dq_step(qA, doA, k, v, _seq_allowed(tA, tk, W, 0) & okA[:, None], lA, dA, scale_log2e, dqA, IEEE)
         tk, kpos, kok = _seq_at((a - 1) * TILE, 0, 1, n, TILE)
         k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
-        dqA = _dq_step(qA, doA, k, v, _seq_allowed(tA, tk, n, W, 0) & okA[:, None], lA, dA, scale_log2e, dqA, IEEE)
-        dqB = _dq_step(qB, doB, k, v, _seq_allowed(tB, tk, n, W, 0) & okB[:, None], lB, dB, scale_log2e, dqB, IEEE)
+        dqA = _dq_step(qA, doA, k, v, _seq_allowed(tA, tk, W, 0) & okA[:, None], lA, dA, scale_log2e, dqA, IEEE)
+        dqB = _dq_step(qB, doB, k, v, _seq_allowed(tB, tk, W, 0) & okB[:, None], lB, dB, scale_log2e, dqB, IEEE)
     for j in range(a, tl.minimum(a + CH, NT)):
         tk, kpos, kok = _seq_at(j * TILE, 0, 1, n, TILE)
         k, v = _kv(K, V, kb, vb, kpos, skn, svn, kok, DQK, DV)
         t0, pos0, ok0, q0, do0, l0, d0 = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
                                                    j * TILE, 0, 1, n, False, DQK, DV, TILE)
-        dqA, dk, dv = _pair_step(q0, do0, k, v, _seq_allowed(t0, tk, n, W, 0) & ok0[:, None], l0, d0, scale_log2e,
+        dqA, dk, dv = _pair_step(q0, do0, k, v, _seq_allowed(t0, tk, W, 0) & ok0[:, None], l0, d0, scale_log2e,
                                  dqA, tl.zeros([TILE, DQK], tl.float32), tl.zeros([TILE, DV], tl.float32), IEEE)
         _put_rows(DQ, dqb, pos0, sdqn, dq_, dqA * scale, ok0)
         t1, pos1, ok1, q1, do1, l1, d1 = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
                                                    (j + 1) * TILE, 0, 1, n, False, DQK, DV, TILE)
-        dqA, dk, dv = _pair_step(q1, do1, k, v, _seq_allowed(t1, tk, n, W, 0) & ok1[:, None], l1, d1, scale_log2e,
+        dqA, dk, dv = _pair_step(q1, do1, k, v, _seq_allowed(t1, tk, W, 0) & ok1[:, None], l1, d1, scale_log2e,
                                  dqB, dk, dv, IEEE)
         t2, pos2, ok2, q2, do2, l2, d2 = _row_tile(Q, DO, O, LSE, DELTA, qb, dob, ob, sqn, sdon, son, rbase,
                                                    (j + 2) * TILE, 0, 1, n, False, DQK, DV, TILE)
-        dqB, dk, dv = _pair_step(q2, do2, k, v, _seq_allowed(t2, tk, n, W, 0) & ok2[:, None], l2, d2, scale_log2e,
+        dqB, dk, dv = _pair_step(q2, do2, k, v, _seq_allowed(t2, tk, W, 0) & ok2[:, None], l2, d2, scale_log2e,
                                  tl.zeros([TILE, DQK], tl.float32), dk, dv, IEEE)
         _put_rows(DK, dkb, kpos, sdkn, dq_, dk * scale, kok)
         _put_rows(DV_, dvb, kpos, sdvn, dv_, dv, kok)
@@ -460,12 +467,18 @@ def _fixed_at(i0, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK: tl.constexpr):
-    """Own-block keys of query i: all j <= i of the block, or only its summary cells."""
-    m = (j[None, :] <= i[:, None]) & (j[None, :] // L == i[:, None] // L) & (j[None, :] < n)
+def _fixed_own_allowed(i, j, L, C, off, HAS_BLOCK: tl.constexpr, TRANS: tl.constexpr = False):
+    """Own-block keys of query i: all j <= i of the block (0 <= i - j <= i mod L: one subtract and
+    one unsigned compare an element; rows beyond n are not stored, or add nothing to dk and dv), or
+    only its summary cells. ``TRANS``: keys by rows."""
+    if TRANS:
+        m = (i[None, :] - j[:, None]).to(tl.uint32) <= (i % L).to(tl.uint32)[None, :]
+    else:
+        m = (i[:, None] - j[None, :]).to(tl.uint32) <= (i % L).to(tl.uint32)[:, None]
     if not HAS_BLOCK:
         cell = j % L - off
-        m = m & ((cell >= 0) & (cell < C))[None, :]
+        summary = (cell >= 0) & (cell < C)
+        m = m & (summary[:, None] if TRANS else summary[None, :])
     return m
 
 
@@ -507,7 +520,7 @@ def _fixed_fwd(Q, K, V, O, LSE, H0, S,
     for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):  # the own block, causal
         j = j0 + tl.arange(0, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, j.to(tl.int64), skn, svn, j < n, DQK, DV)
-        allowed = _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK)
+        allowed = _fixed_own_allowed(i, j, L, C, off, HAS_BLOCK)
         m_i, l_i, acc = _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE)
     _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + i64, i64, acc, m_i, l_i, valid, DV)
 
@@ -543,7 +556,7 @@ def _fixed_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0, S,
     for j0 in range((i0 // L * L) // BN * BN, i_last + 1, BN):
         j = j0 + tl.arange(0, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, j.to(tl.int64), skn, svn, j < n, DQK, DV)
-        acc = _dq_step(q, do, k, v, _fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK), lse2, delta, scale_log2e, acc, IEEE)
+        acc = _dq_step(q, do, k, v, _fixed_own_allowed(i, j, L, C, off, HAS_BLOCK), lse2, delta, scale_log2e, acc, IEEE)
     _put_rows(DQ, b * sdqb + h * sdqh, i64, sdqn, dq_, acc * scale, valid)
 
 
@@ -571,7 +584,7 @@ def _fixed_bwd_dkdv_own(Q, K, V, DO, DK, DV_, LSE, DELTA, H0, S,
         i64 = i.to(tl.int64)
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, i64, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + i64, valid)
-        allowed_t = tl.trans(_fixed_own_allowed(i, j, n, L, C, off, HAS_BLOCK)) & valid[None, :]
+        allowed_t = _fixed_own_allowed(i, j, L, C, off, HAS_BLOCK, True)
         dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
     _put_rows(DK, b * sdkb + h * sdkh, j64, sdkn, dq_, dk * scale, jvalid)
     _put_rows(DV_, b * sdvb + h * sdvh, j64, sdvn, dv_, dv, jvalid)
