@@ -252,11 +252,15 @@ def test_gpu_kernels_match_the_float64_reference(case, dims, dtype, tol):
     assert max(errs) < tol, errs
 
 
-@pytest.mark.gpu
-@pytest.mark.slow
-@pytest.mark.parametrize("dims,dtype,tol", [((64, 64), torch.bfloat16, 2e-2), ((32, 32), torch.float16, 2e-2),
+# the head dims and dtypes of the GPU tests of the one-program and band kernels (fp32: IEEE dots)
+GPU_DTYPES = pytest.mark.parametrize("dims,dtype,tol", [((64, 64), torch.bfloat16, 2e-2), ((32, 32), torch.float16, 2e-2),
                                             ((64, 128), torch.bfloat16, 2e-2), ((64, 64), torch.float32, 1e-5)],
                          ids=["d64-bf16", "d32-fp16", "d64-128-bf16", "d64-fp32"])
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@GPU_DTYPES
 @pytest.mark.parametrize("pattern", ["stride", "strided"])
 def test_gpu_short_residue_sequences_match_the_reference(pattern, dims, dtype, tol):
     """Stride passes run as one program per residue sequence: 125 rows (two 64-row tiles), 63 (one
@@ -270,9 +274,7 @@ def test_gpu_short_residue_sequences_match_the_reference(pattern, dims, dtype, t
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.parametrize("dims,dtype,tol", [((64, 64), torch.bfloat16, 2e-2), ((32, 32), torch.float16, 2e-2),
-                                            ((64, 128), torch.bfloat16, 2e-2), ((64, 64), torch.float32, 1e-5)],
-                         ids=["d64-bf16", "d32-fp16", "d64-128-bf16", "d64-fp32"])
+@GPU_DTYPES
 def test_gpu_a_sequence_of_at_most_128_rows_runs_every_pass_as_one_program(dims, dtype, tol, monkeypatch):
     """n <= 128: the band pass too runs one program per (b, h) (bf16/fp16; fp32 with IEEE dots keeps
     the row-tile and key-tile kernels on a GPU), alone, as merged strided's first pass, and a band
@@ -290,9 +292,7 @@ def test_gpu_a_sequence_of_at_most_128_rows_runs_every_pass_as_one_program(dims,
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.parametrize("dims,dtype,tol", [((64, 64), torch.bfloat16, 2e-2), ((32, 32), torch.float16, 2e-2),
-                                            ((64, 128), torch.bfloat16, 2e-2), ((64, 64), torch.float32, 1e-5)],
-                         ids=["d64-bf16", "d32-fp16", "d64-128-bf16", "d64-fp32"])
+@GPU_DTYPES
 def test_gpu_band_backward_matches_the_reference(dims, dtype, tol, monkeypatch):
     """The band's one-kernel backward (opt-in; 64-row tiles: l up to 129) at l 40, 128 and 129, alone
     and as strided's band; l 130 takes the dq and dk/dv kernels."""
