@@ -234,7 +234,10 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
+    lo, hi = tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r)
+    if EXCL == 0:
+        tl.assume(hi > lo)
+    for s0 in range(lo, hi, BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
         m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
