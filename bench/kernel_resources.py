@@ -11,6 +11,10 @@ constant, ints divisible by 16 and the pointers with divisibility hints): withou
 cannot prove vector-wide loads and neither pipelines them nor allocates registers as it will. A
 kernel that spills (stack > 0) moves registers through local memory inside its loop; "pipelined
 loads" counts the loads the software pipeliner turned into asynchronous copies.
+The row-tile and key-tile seq kernels are compiled for both of their passes (the band, whose RS = P
+= 1 are constants, and a stride pass). On sm_90 ptxas also says whether it serialises the kernel's
+wgmma instructions (its C7515 note: each MMA step waited for before the next issues), as it did the
+band forward until its loop was known to run at least once.
 Writes ``kernel-resources-sm<arch>.json`` under ``--out`` and prints a table.
 """
 
@@ -62,15 +66,25 @@ def tiles(c: tuple) -> tuple[dict, int, int]:
 # l 128, c 32): Triton's launcher specialises an int equal to 1 as a constant and one divisible
 # by 16 with a divisibility hint, and 16-byte-aligned pointers likewise; without them the compiler
 # cannot prove vector-wide loads, does not pipeline them, and the registers it reports differ.
-def launch_values(kernel: str) -> dict:
-    """The ints of ``kernel``'s launch: a stride pass for the seq kernels (the fixed kernels take
-    none of its RS, P, W)."""
+def launch_values(kernel: str, seq_pass: str = "stride") -> dict:
+    """The ints of ``kernel``'s launch: for the seq kernels a stride pass or (``seq_pass`` band) the
+    local band of l, whose RS = P = 1 the launcher specialises as constants (the fixed kernels take
+    none of RS, P, W)."""
     n, H, d, l = 16384, 16, 64, 128
     rows = dict(sqb=n * H * d, sqn=H * d, sqh=d)
     ints = {f"s{x}{y}": rows[f"sq{y}"] for x in ("q", "k", "v", "o", "do", "dq", "dk", "dv") for y in "bnh"}
     ints.update(n=n, H=H, Hg=H, H0=0, S=4, L=l, C=32, G=(n // l - 1) * 32)
-    ints.update(RS=l, P=l, W=l if kernel == "band_bwd" else n + 1)  # a stride pass, or the band of l
+    if kernel == "band_bwd" or seq_pass == "band":
+        ints.update(RS=1, P=1, W=l)
+    else:
+        ints.update(RS=l, P=l, W=n + 1)
     return ints
+
+
+def seq_passes(kernel: str) -> tuple[str, ...]:
+    """The passes a kernel is compiled for: the row-tile and key-tile seq kernels run the band (local,
+    strided's first pass) and the stride passes, specialised differently; the others one."""
+    return ("band", "stride") if kernel in ("seq_fwd", "seq_dq", "seq_dkdv") else ("-",)
 
 
 def compile_for(fn, consts: dict, arch: int, warps: int, stages: int, dtype: str = "bf16", values: dict | None = None):
@@ -99,19 +113,40 @@ def compile_for(fn, consts: dict, arch: int, warps: int, stages: int, dtype: str
                           options=dict(num_warps=warps, num_stages=stages))
 
 
-def resources(kernel) -> dict:
-    """Registers and stack (spilled bytes) per thread from cuobjdump, shared memory from Triton."""
+def resources(kernel, arch: int = 90) -> dict:
+    """Registers and stack (spilled bytes) per thread from cuobjdump, shared memory from Triton, and
+    whether ptxas serialises the kernel's wgmma instructions (its C7515 note: each MMA step waited for
+    before the next is issued; Hopper only)."""
     import triton
 
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
+        cubin, ptx = Path(tmp) / "k.cubin", Path(tmp) / "k.ptx"
         cubin.write_bytes(kernel.asm["cubin"])
-        out = subprocess.run([str(tool), "--dump-resource-usage", str(cubin)], capture_output=True, text=True).stdout
+        ptx.write_text(kernel.asm["ptx"])
+        out = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True,
+                             text=True).stdout
+        note = subprocess.run([str(bin_dir / "ptxas"), f"-arch=sm_{arch}a", "-v", str(ptx), "-o", str(Path(tmp) / "k.o")],
+                              capture_output=True, text=True) if arch == 90 else None
     m = re.search(r"REG:(\d+).*?STACK:(\d+)", out)
     ttgir = kernel.asm["ttgir"]
     return dict(regs=int(m.group(1)) if m else None, stack=int(m.group(2)) if m else None,
-                shared=int(kernel.metadata.shared), pipelined_loads=ttgir.count("async_copy_global_to_local"))
+                shared=int(kernel.metadata.shared), pipelined_loads=ttgir.count("async_copy_global_to_local"),
+                wgmma_serialized=None if note is None else "C7515" in note.stdout + note.stderr)
+
+
+def measure(fn, flags: dict, name: str, seq_pass: str, dqk: int, dv: int, c: tuple, arch: int) -> dict:
+    """One row: a kernel compiled at one candidate for one pass and head dims, or the compiler's error."""
+    t, w, st = tiles(c)
+    t0 = time.time()
+    row = dict(kernel=name, seq_pass=seq_pass, d_qk=dqk, d_v=dv, **t, warps=w, stages=st, arch=arch)
+    try:
+        row.update(resources(compile_for(fn, dict(flags, IEEE=False, DQK=dqk, DV=dv, **t), arch, w, st,
+                                         values=launch_values(name, seq_pass)), arch))
+    except Exception as e:  # noqa: BLE001  a config the compiler refuses is a result too
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+    row["compile_s"] = round(time.time() - t0, 1)
+    return row
 
 
 def parse_args(argv=None):
@@ -141,29 +176,22 @@ def main(argv=None):
         raise SystemExit(f"--configs: unknown {', '.join(bad)}; valid: {', '.join(tb.CONFIG_SETS)}")
     dims = [tuple(int(x) for x in d.split("/")) * (2 if "/" not in d else 1) for d in args.dims.split(",")]
     rows = []
-    print("| kernel | d_qk/d_v | tiles | warps | stages | registers | spilled bytes | shared KB | pipelined loads |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | pass | d_qk/d_v | tiles | warps | stages | registers | spilled bytes | shared KB | pipelined loads "
+          "| wgmma serialised |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         fn, flags, kind = table[name]
         cands = ([("short", h, w) for h, w in tb._SHORT] if kind == "short"
                  else [("band", tb.BAND_TILE, *c) for c in tb._BAND] if kind == "band"
                  else list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s][kind])))
-        for dqk, dv in dims:
-            for c in cands:
-                t, w, st = tiles(c)
-                t0 = time.time()
-                row = dict(kernel=name, d_qk=dqk, d_v=dv, **t, warps=w, stages=st, arch=args.arch)
-                try:
-                    row.update(resources(compile_for(fn, dict(flags, IEEE=False, DQK=dqk, DV=dv, **t), args.arch, w, st,
-                                                     values=launch_values(name))))
-                except Exception as e:  # noqa: BLE001  a config the compiler refuses is a result too
-                    row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
-                row["compile_s"] = round(time.time() - t0, 1)
-                rows.append(row)
-                tile = " ".join(f"{k}={v}" for k, v in t.items())
-                print(f"| {name} | {dqk}/{dv} | {tile} | {w} | {st} | {row.get('regs', '–')} | "
-                      f"{row.get('stack', row.get('error', '–'))} | {row.get('shared', 0) / 1024:.0f} | {row.get('pipelined_loads', '–')} |",
-                      flush=True)
+        for seq_pass in seq_passes(name):
+            for dqk, dv in dims:
+                for c in cands:
+                    rows.append(row := measure(fn, flags, name, seq_pass, dqk, dv, c, args.arch))
+                    tile = " ".join(f"{k}={v}" for k, v in tiles(c)[0].items())
+                    print(f"| {name} | {seq_pass} | {dqk}/{dv} | {tile} | {row['warps']} | {row['stages']} | "
+                          f"{row.get('regs', '–')} | {row.get('stack', row.get('error', '–'))} | "
+                          f"{row.get('shared', 0) / 1024:.0f} | {row.get('pipelined_loads', '–')} | "
+                          f"{row.get('wgmma_serialized', '–')} |", flush=True)
     import triton
 
     from sparse_transformer import files
