@@ -235,8 +235,8 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
     lo, hi = tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r)
-    if EXCL == 0:
-        tl.assume(hi > lo)
+    if EXCL == 0:  # a first pass has its diagonal tile: without this, a zero-trip path that sets acc outside
+        tl.assume(hi > lo)  # the loop makes ptxas serialise every wgmma (bench/kernel_resources.py, C7515)
     for s0 in range(lo, hi, BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
