@@ -272,7 +272,7 @@ def _launch(name: str, programs, *args, **kw):
 def _short_rows(ieee: bool) -> int:
     """The longest problem (rows) the one-program kernels take: SHORT_ROWS on a GPU (tuned up to
     there), two of the interpreter's row tiles under it; the environment variable can only lower it
-    (0: off). None for fp32 with IEEE dots on a GPU: compiled for sm_90 they spill tens of KB a
+    (0: off). 0 for fp32 with IEEE dots on a GPU: compiled for sm_90 they spill tens of KB a
     thread and take minutes to compile (the row-tile and key-tile kernels take seconds)."""
     cap = min(int(os.environ.get(SHORT_ROWS_ENV, str(SHORT_ROWS))), SHORT_ROWS)
     if interpreting():
