@@ -43,6 +43,9 @@ def kernel_table(K) -> dict:
         "seq_dkdv": (K._seq_bwd_dkdv, first_bwd, "bwd"), "seq_short": (K._seq_bwd_short, first_bwd, "short"),
         "seq_fwd_short": (K._seq_fwd_short, first_fwd, "short"),
         "band_bwd": (K._band_bwd, {}, "band"),
+        "persistent_fwd": (K._persistent_fwd, {}, "persistent_fwd"),
+        "persistent_dq": (K._persistent_dq, {}, "persistent_bwd"),
+        "persistent_dkdv": (K._persistent_dkdv, {}, "persistent_bwd"),
         "fixed_fwd": (K._fixed_fwd, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "fwd"),
         "fixed_dq": (K._fixed_bwd_dq, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "bwd"),
         "fixed_dkdv_own": (K._fixed_bwd_dkdv_own, dict(HAS_BLOCK=True), "bwd"),
@@ -58,6 +61,9 @@ def tiles(c: tuple) -> tuple[dict, int, int]:
         return dict(T=128, HALF=c[1]), c[2], 1
     if c[0] == "band":
         return dict(TILE=c[1], CH=c[2]), c[3], c[4]
+    if len(c) == 5:  # a persistent kernel's (BM, BN, warps, stages, programs an SM)
+        bm, bn, w, s, occ = c
+        return dict(BM=bm, BN=bn, OCC=occ), w, s
     bm, bn, w, s = c
     return dict(BM=bm, BN=bn), w, s
 
@@ -73,8 +79,8 @@ def launch_values(kernel: str, seq_pass: str = "stride") -> dict:
     n, H, d, l = 16384, 16, 64, 128
     rows = dict(sqb=n * H * d, sqn=H * d, sqh=d)
     ints = {f"s{x}{y}": rows[f"sq{y}"] for x in ("q", "k", "v", "o", "do", "dq", "dk", "dv") for y in "bnh"}
-    ints.update(n=n, H=H, Hg=H, H0=0, S=4, L=l, C=32, G=(n // l - 1) * 32)
-    if kernel == "band_bwd" or seq_pass == "band":
+    ints.update(n=n, H=H, Hg=H, H0=0, S=4, L=l, C=32, G=(n // l - 1) * 32, B=2 * 1024 * 1024 // (n * H))
+    if kernel == "band_bwd" or kernel.startswith("persistent") or seq_pass == "band":
         ints.update(RS=1, P=1, W=l)
     else:
         ints.update(RS=l, P=l, W=n + 1)
@@ -182,6 +188,8 @@ def main(argv=None):
         fn, flags, kind = table[name]
         cands = ([("short", h, w) for h, w in tb._SHORT] if kind == "short"
                  else [("band", tb.BAND_TILE, *c) for c in tb._BAND] if kind == "band"
+                 else list(tb._PERSISTENT_FWD if kind == "persistent_fwd" else tb._PERSISTENT_BWD)
+                 if kind.startswith("persistent")
                  else list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s][kind])))
         for seq_pass in seq_passes(name):
             for dqk, dv in dims:

@@ -125,21 +125,24 @@ def test_a_sequence_short_enough_for_one_program_in_every_pass(tiles, monkeypatc
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
-@pytest.mark.parametrize("band", ["fused", "split"])
+@pytest.mark.parametrize("band", ["fused", "split", "persistent"])
 def test_band_backward_in_one_kernel(tiles, band, monkeypatch):
     """The local pass's backward as one kernel (opt-in; key tile j attended by row tiles j..j+2: l <= 2·16 + 1
-    with 16-row tiles; each program's first row tiles take the previous program's key tiles), or
-    as the dq and dk/dv kernels: l from under one tile to the largest the one kernel takes, and one
-    beyond it; alone and as strided's band."""
+    with 16-row tiles; each program's first row tiles take the previous program's key tiles), as
+    the dq and dk/dv kernels, or (opt-in) as persistent kernels, forward too (three programs each
+    walking several tiles of both (b, h) sequences, key tiles before the start skipped): l from
+    under one tile to the largest the one kernel takes, and one beyond it; alone and as strided's band."""
     tiles(16, 16)
-    launched = []
-    launch = tb._launch_band
+    launched, persistent = [], []
+    launch, launch_p = tb._launch_band, tb._launch_persistent
     monkeypatch.setattr(tb, "_launch_band", lambda *a, **kw: launched.append(a[:2]) or launch(*a, **kw))
+    monkeypatch.setattr(tb, "_launch_persistent", lambda *a, **kw: persistent.append(a[0]) or launch_p(*a, **kw))
     monkeypatch.setenv(tb.BAND_ENV, band)
     for pattern, l in (("local", 8), ("local", 24), ("local", 33), ("local", 34), ("strided", 20)):
         heads = layer_heads(pattern, 2, l, integration="merged")
-        assert max(_errors(heads, 150, torch.float32, 16, 16, seed=l)) < 1e-5, (pattern, l)
-    assert launched == ([(150, 2)] * 4 if band == "fused" else [])
+        assert max(_errors(heads, 150, torch.float32, 16, 16, B=2, seed=l)) < 1e-5, (pattern, l)
+    assert launched == ([(150, 4)] * 4 if band == "fused" else [])
+    assert persistent == (["persistent_fwd", "persistent_dq", "persistent_dkdv"] * 5 if band == "persistent" else [])
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
@@ -293,10 +296,12 @@ def test_gpu_a_sequence_of_at_most_128_rows_runs_every_pass_as_one_program(dims,
 @pytest.mark.gpu
 @pytest.mark.slow
 @GPU_DTYPES
-def test_gpu_band_backward_matches_the_reference(dims, dtype, tol, monkeypatch):
-    """The band's one-kernel backward (opt-in; 64-row tiles: l up to 129) at l 40, 128 and 129, alone
-    and as strided's band; l 130 takes the dq and dk/dv kernels."""
-    monkeypatch.setenv(tb.BAND_ENV, "fused")
+@pytest.mark.parametrize("band", ["fused", "persistent"])
+def test_gpu_band_backward_matches_the_reference(band, dims, dtype, tol, monkeypatch):
+    """The band's opt-in kernels at l 40, 128, 129, 130 and as strided's band: its one-kernel backward
+    (64-row tiles: l up to 129; l 130 takes the dq and dk/dv kernels), or the persistent forward, dq
+    and dk/dv (every l)."""
+    monkeypatch.setenv(tb.BAND_ENV, band)
     for pattern, l in (("local", 40), ("local", 128), ("local", 129), ("local", 130), ("strided", 128)):
         heads = layer_heads(pattern, 4, l, integration="merged")
         errs = _errors(heads, 1500, dtype, *dims, B=2, seed=l)

@@ -23,7 +23,9 @@ each pair of tiles once for dq, dk and dv together (``_pair_step``) where the dq
 each recompute it. The band's backward can run the same way (``_band_bwd``, opt-in: slower on an
 H200, see triton.py). Flat loops over several tiles (or residues) per program were tried for the
 local band and the short stride passes and measured slower than the seq kernels on an H200
-(bench/results/tune-h200-flat.json).
+(bench/results/tune-h200-flat.json): they held q, dO and the restarted accumulators in registers
+(248-255 a thread, two programs an SM). The persistent band kernels (``_persistent_*``, opt-in
+until timed) load every operand through the pipeline instead and restart by selects the MMAs absorb.
 
 Rows without any key (a summary-only head's first cells, a stride pass's first row) give o = 0,
 lse = -inf and zero gradients. No atomics: the backward is deterministic.
@@ -325,6 +327,128 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
     _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
     _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)
+
+
+# ------------------------------------------------------------------------------------------------
+# persistent band kernels (opt-in, SPARSE_TRANSFORMER_TRITON_BAND=persistent) for a first band pass
+# (local, strided's first pass). A program walks tiles pid, pid + programs, ... and every tile takes
+# the same number of key (or row) tiles, so its (tile, key tile) pairs are one flat loop that Triton
+# pipelines across tiles: the next tile's loads are in flight while this one computes, where a
+# program per tile exposes its first loads' latency (at 16k the seq kernels' time splits about half
+# and half between a cost per tile and a cost per key tile; bench/results/attention-h200.json, 16k
+# against 64k). Every operand is loaded at every step (the repeats come from L2) so that the loads
+# are the pipeliner's, and state restarts by selects that the MMAs absorb (a zero accumulator is the
+# MMA's "no C" flag; the softmax's alpha is 0 after m = -inf). Triton's own loop flattening
+# (tl.range(flatten=True)) loads q under a branch, unpipelined, and zeroes the accumulator outside
+# the MMA, which makes ptxas serialise every wgmma (bench/kernel_resources.py); its warp
+# specialisation of these loops fails to compile for sm_90 (Triton 3.6) for the forward and dk/dv.
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _band_keys(t0, r, RS, len_r, lead, j, BN: tl.constexpr):
+    """Key tile j of the band of a row tile at t0 (keys from t0 - lead·BN): (t', positions, which
+    exist); t' < 0 is moved past every row so that no row attends it."""
+    tk, kpos, kok = _seq_at(t0 + (j - lead) * BN, r, RS, len_r, BN)
+    return tl.where(tk >= 0, tk, 1 << 30), kpos, kok & (tk >= 0)
+
+
+@triton.jit
+def _persistent_steps(n, RS, Hg, P, B, per_tile, BLOCK: tl.constexpr):
+    """(steps of this program, its first tile, the programs): tiles of BLOCK rows walked with a
+    stride of the grid, ``per_tile`` steps each."""
+    tiles = tl.cdiv(tl.cdiv(n, RS), BLOCK) * Hg * P * B
+    pid, programs = tl.program_id(0), tl.num_programs(0)
+    return tl.cdiv(tiles - pid, programs) * per_tile, pid, programs
+
+
+@triton.jit
+def _persistent_fwd(Q, K, V, O, LSE, H0,
+                    sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
+                    n, H, Hg, RS, P, W, B, scale_log2e,
+                    IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    OCC: tl.constexpr):
+    """o and lse of row tiles (``OCC``: programs an SM, read by the launcher)."""
+    lead = tl.cdiv(W - 1, BN)  # rows t attend (t - W, t]: a row tile at t0 takes keys from t0 - lead·BN
+    nk = lead + tl.cdiv(BM, BN)
+    steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nk, BM)
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, DV], tl.float32)
+    for it in range(0, steps):
+        j = it % nk
+        tile, b, h, r, len_r = _seq_problem(pid + it // nk * programs, n, Hg, RS, P, BM, H0)
+        t0 = tile * BM
+        t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
+        q = _rows(Q, b * sqb + h * sqh, pos, sqn, tl.arange(0, DQK), valid)
+        tk, kpos, kok = _band_keys(t0, r, RS, len_r, lead, j, BN)
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
+        m_i = tl.where(j == 0, float("-inf"), m_i)  # a new tile: alpha = 0 clears l and acc
+        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, 0), m_i, l_i, acc, scale_log2e, IEEE)
+        if j == nk - 1:
+            _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV)
+
+
+@triton.jit
+def _persistent_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
+                   sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh, sdob, sdon, sdoh,
+                   sdqb, sdqn, sdqh,
+                   n, H, Hg, RS, P, W, B, scale_log2e, scale,
+                   IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                   OCC: tl.constexpr):
+    """dq of row tiles, walked as ``_persistent_fwd`` does; Δ = rowsum(dO·O) computed (and stored)
+    at a tile's first step, its O read only then."""
+    lead = tl.cdiv(W - 1, BN)
+    nk = lead + tl.cdiv(BM, BN)
+    steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nk, BM)
+    delta = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, DQK], tl.float32)
+    for it in range(0, steps):
+        j = it % nk
+        tile, b, h, r, len_r = _seq_problem(pid + it // nk * programs, n, Hg, RS, P, BM, H0)
+        t0 = tile * BM
+        t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
+        row = (b * H + h) * n + pos
+        q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
+        lse2, _d = _row_stats(LSE, DELTA, row, valid, True)
+        o = _rows(O, b * sob + h * soh, pos, son, tl.arange(0, DV), valid & (j == 0))
+        if j == 0:
+            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+            tl.store(DELTA + row, delta, mask=valid)
+        tk, kpos, kok = _band_keys(t0, r, RS, len_r, lead, j, BN)
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
+        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, W, 0), lse2, delta, scale_log2e,
+                       tl.where(j == 0, 0.0, acc), IEEE)
+        if j == nk - 1:
+            _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, tl.arange(0, DQK), acc * scale, valid)
+
+
+@triton.jit
+def _persistent_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
+                     sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sdob, sdon, sdoh,
+                     sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
+                     n, H, Hg, RS, P, W, B, scale_log2e, scale,
+                     IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     OCC: tl.constexpr):
+    """dk, dv of key tiles over the row tiles that may attend them: rows s0 .. s0 + BN + W - 2, from
+    the row tile holding s0 (a fixed count: rows past the problem are zero-loaded and add nothing)."""
+    BX: tl.constexpr = BM if BM > BN else BN  # a key tile starts at most BM - BN rows into its first row tile
+    nq = tl.cdiv(BX + W - 1, BM)
+    steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nq, BN)
+    dk = tl.zeros([BN, DQK], tl.float32)
+    dv = tl.zeros([BN, DV], tl.float32)
+    for it in range(0, steps):
+        i = it % nq
+        tile, b, h, r, len_r = _seq_problem(pid + it // nq * programs, n, Hg, RS, P, BN, H0)
+        s0 = tile * BN
+        tk, kpos, kvalid = _seq_at(s0, r, RS, len_r, BN)
+        k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kvalid, DQK, DV)
+        t, pos, valid = _seq_at(s0 // BM * BM + i * BM, r, RS, len_r, BM)
+        q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
+        lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
+        dk, dv = _dkdv_step(k, v, q, do, _seq_allowed(t, tk, W, 0, True), lse2, delta, scale_log2e,
+                            tl.where(i == 0, 0.0, dk), tl.where(i == 0, 0.0, dv), IEEE)
+        if i == nq - 1:
+            _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, tl.arange(0, DQK), dk * scale, kvalid)
+            _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, tl.arange(0, DV), dv, kvalid)
 
 
 @triton.jit

@@ -10,7 +10,9 @@ A stride pass whose residue sequences are short (n / l <= 128 rows) runs one pro
 forward and backward (the backward computes each pair of tiles once for dq, dk and dv); fp32 with
 IEEE dots keeps the row-tile and key-tile kernels (the one-program ones spill heavily there). Flat
 pipelined loops over several row tiles (local band) or residues (short stride passes) per program
-were tried and measured slower than these on an H200 (bench/results/tune-h200-flat.json).
+were tried and measured slower than these on an H200 (bench/results/tune-h200-flat.json); persistent
+band kernels (a program an SM slot walking its tiles as one pipelined loop) are opt-in
+(SPARSE_TRANSFORMER_TRITON_BAND=persistent) until timed.
 
 They are ``torch.library`` custom ops with fake (meta) implementations, so a compiled model traces
 them as single nodes (no graph break) and CUDA graphs capture them; autotuning happens at the
@@ -192,6 +194,16 @@ _SHORT = [(1, 4), (1, 8)]
 BAND_ENV = "SPARSE_TRANSFORMER_TRITON_BAND"
 BAND_TILE = 64
 _BAND = [(8, 4, 1), (8, 8, 1), (4, 4, 1), (16, 4, 1), (8, 4, 2)]
+# SPARSE_TRANSFORMER_TRITON_BAND=persistent (opt-in until timed on a GPU): a first band pass runs on
+# persistent kernels, OCC programs an SM each walking its tiles as one pipelined loop
+# (_triton_kernels.py). Candidates (BM, BN, warps, stages, OCC), OCC what fits an SM by the
+# registers and shared memory that bench/kernel_resources.py reports for sm_90 at d 64.
+# (d 32 fits more: OCC 4-5 where d 64 fits 2-3.)
+_PERSISTENT_FWD = [(64, 64, 4, 2, 3), (64, 64, 4, 3, 2), (64, 32, 4, 3, 3), (32, 64, 4, 3, 3), (64, 64, 4, 2, 2),
+                   (64, 64, 4, 2, 5)]
+_PERSISTENT_BWD = [(64, 64, 4, 2, 2), (64, 64, 4, 3, 2), (64, 32, 4, 3, 2), (32, 64, 4, 3, 2), (64, 64, 4, 2, 3),
+                   (64, 64, 4, 2, 4)]
+INTERPRET_PROGRAMS = 3  # persistent programs under TRITON_INTERPRET: each walks several tiles
 
 
 def _patch_interpreter() -> None:
@@ -232,6 +244,9 @@ def _kernels():
     short = [triton.Config({"HALF": h}, num_warps=w, num_stages=1) for h, w in _SHORT[:first]]
     band = [triton.Config({"TILE": BAND_TILE, "CH": c}, num_warps=w, num_stages=st) for c, w, st in _BAND[:first]]
     bwd = [cfg(*c) for c in CONFIG_SETS[configs]["bwd"]]
+    persistent = {kind: [triton.Config({"BM": bm, "BN": bn, "OCC": occ}, num_warps=w, num_stages=st)
+                         for bm, bn, w, st, occ in cands[:first]]
+                  for kind, cands in (("fwd", _PERSISTENT_FWD), ("bwd", _PERSISTENT_BWD))}
     seq_key = ["n", "H", "RS", "W", "DQK", "DV", "EXCL"]
     fixed_key = ["n", "H", "L", "C", "DQK", "DV", "HAS_BLOCK"]
 
@@ -251,6 +266,9 @@ def _kernels():
         seq_dkdv=tune(K._seq_bwd_dkdv, bwd, seq_key + ["ACCUM"], ("DK", "DV_")),
         seq_fwd_short=tune(K._seq_fwd_short, short, seq_key + ["MERGE", "T"], ("O", "LSE")),
         band_bwd=tune(K._band_bwd, band, ["n", "H", "W", "DQK", "DV"]),
+        persistent_fwd=tune(K._persistent_fwd, persistent["fwd"], ["n", "H", "W", "B", "DQK", "DV"], ("O", "LSE")),
+        persistent_dq=tune(K._persistent_dq, persistent["bwd"], ["n", "H", "W", "B", "DQK", "DV"], ("DQ",)),
+        persistent_dkdv=tune(K._persistent_dkdv, persistent["bwd"], ["n", "H", "W", "B", "DQK", "DV"], ("DK", "DV_")),
         seq_short=tune(K._seq_bwd_short, short, seq_key + ["ACCUM", "T"], ("DQ", "DK", "DV_")),
         fixed_fwd=tune(K._fixed_fwd, fwd, fixed_key + ["HAS_SUMMARY"]),
         fixed_dq=tune(K._fixed_bwd_dq, bwd, fixed_key + ["HAS_SUMMARY"]),
@@ -290,6 +308,26 @@ def _launch_short(name: str, problems: int, rows: int, *args, **kw):
         kern[(problems,)](*args, **kw, T=T, HALF=T > INTERPRET_TILES[0], num_warps=1)
     else:  # at least 32 rows: half a tile is then >= 16, the smallest MMA tile
         kern[(problems,)](*args, **kw, T=max(32, next_power_of_2(rows)))
+
+
+@lru_cache(maxsize=8)
+def _sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch_persistent(name: str, tiles, device: torch.device, *args, **kw):
+    """Persistent kernel ``name`` on min(tiles(BM, BN), OCC programs an SM) programs."""
+    kern = _kernels()[name]
+    if interpreting():
+        bm, bn = INTERPRET_TILES
+        kern[(min(tiles(bm, bn), INTERPRET_PROGRAMS),)](*args, **kw, BM=bm, BN=bn, OCC=1, num_warps=1)
+    else:
+        kern[lambda meta: (min(tiles(meta["BM"], meta["BN"]), _sms(device) * meta["OCC"]),)](*args, **kw)
+
+
+def _persistent() -> bool:
+    """Whether a first band pass runs on the persistent kernels (opt-in)."""
+    return os.environ.get(BAND_ENV, "split") == "persistent"
 
 
 def _band_tile() -> int | None:
@@ -365,6 +403,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
                                                           dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
             if short:
                 _launch_short("seq_fwd_short", *short, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
+            elif p == 0 and ps["RS"] == 1 and _persistent():
+                _launch_persistent("persistent_fwd", rows, q.device, q, k, v, o, lse, h0, *common, *ints, B,
+                                   scale * LOG2E, IEEE=_ieee(q), DQK=DQK, DV=DV)
             else:
                 _launch("seq_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
     return o, lse
@@ -408,6 +449,13 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
                 continue
             if short:
                 _launch_short("seq_short", *short, *one_program, *shape, **consts)
+                continue
+            if p == 0 and ps["RS"] == 1 and _persistent():
+                fl = dict(IEEE=ieee, DQK=DQK, DV=DV)
+                _launch_persistent("persistent_dq", rows, q.device, q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o),
+                                   *_strides(do), *_strides(dq), *ints, B, scale * LOG2E, scale, **fl)
+                _launch_persistent("persistent_dkdv", keys, q.device, q, k, v, do, dk, dv, lse, delta, h0, *qkv,
+                                   *_strides(do), *_strides(dk), *_strides(dv), *ints, B, scale * LOG2E, scale, **fl)
                 continue
             _launch("seq_dq", rows,
                     q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **consts)
