@@ -373,7 +373,7 @@ def _persistent_fwd(Q, K, V, O, LSE, H0,
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    for it in range(0, steps):
+    for it in range(steps):
         j = it % nk
         tile, b, h, r, len_r = _seq_problem(pid + it // nk * programs, n, Hg, RS, P, BM, H0)
         t0 = tile * BM
@@ -401,7 +401,7 @@ def _persistent_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nk, BM)
     delta = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DQK], tl.float32)
-    for it in range(0, steps):
+    for it in range(steps):
         j = it % nk
         tile, b, h, r, len_r = _seq_problem(pid + it // nk * programs, n, Hg, RS, P, BM, H0)
         t0 = tile * BM
@@ -435,7 +435,7 @@ def _persistent_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
     steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nq, BN)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
-    for it in range(0, steps):
+    for it in range(steps):
         i = it % nq
         tile, b, h, r, len_r = _seq_problem(pid + it // nq * programs, n, Hg, RS, P, BN, H0)
         s0 = tile * BN
