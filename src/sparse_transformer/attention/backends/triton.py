@@ -325,9 +325,10 @@ def _launch_persistent(name: str, tiles, device: torch.device, *args, **kw):
         kern[lambda meta: (min(tiles(meta["BM"], meta["BN"]), _sms(device) * meta["OCC"]),)](*args, **kw)
 
 
-def _persistent() -> bool:
-    """Whether a first band pass runs on the persistent kernels (opt-in)."""
-    return os.environ.get(BAND_ENV, "split") == "persistent"
+def _persistent(ieee: bool) -> bool:
+    """Whether a first band pass runs on the persistent kernels (opt-in); not fp32 with IEEE dots on
+    a GPU, where compiled for sm_90 they spill 0.5-5 KB a thread (as the one-program kernels do)."""
+    return os.environ.get(BAND_ENV, "split") == "persistent" and (interpreting() or not ieee)
 
 
 def _band_tile() -> int | None:
@@ -403,7 +404,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
                                                           dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
             if short:
                 _launch_short("seq_fwd_short", *short, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
-            elif p == 0 and ps["RS"] == 1 and _persistent():
+            elif p == 0 and ps["RS"] == 1 and _persistent(_ieee(q)):
                 _launch_persistent("persistent_fwd", rows, q.device, q, k, v, o, lse, h0, *common, *ints, B,
                                    scale * LOG2E, IEEE=_ieee(q), DQK=DQK, DV=DV)
             else:
@@ -450,7 +451,7 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
             if short:
                 _launch_short("seq_short", *short, *one_program, *shape, **consts)
                 continue
-            if p == 0 and ps["RS"] == 1 and _persistent():
+            if p == 0 and ps["RS"] == 1 and _persistent(ieee):
                 fl = dict(IEEE=ieee, DQK=DQK, DV=DV)
                 _launch_persistent("persistent_dq", rows, q.device, q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o),
                                    *_strides(do), *_strides(dq), *ints, B, scale * LOG2E, scale, **fl)
