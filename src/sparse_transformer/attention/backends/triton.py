@@ -198,11 +198,11 @@ _BAND = [(8, 4, 1), (8, 8, 1), (4, 4, 1), (16, 4, 1), (8, 4, 2)]
 # persistent kernels, OCC programs an SM each walking its tiles as one pipelined loop
 # (_triton_kernels.py). Candidates (BM, BN, warps, stages, OCC), OCC what fits an SM by the
 # registers and shared memory that bench/kernel_resources.py reports for sm_90 at d 64.
-# (d 32 fits more: OCC 4-5 where d 64 fits 2-3.)
+# (d 32 fits more: OCC 4-5 where d 64 fits 2-3; 8 warps split a tile's columns over two warpgroups.)
 _PERSISTENT_FWD = [(64, 64, 4, 2, 3), (64, 64, 4, 3, 2), (64, 32, 4, 3, 3), (32, 64, 4, 3, 3), (64, 64, 4, 2, 2),
-                   (64, 64, 4, 2, 5)]
+                   (64, 64, 4, 2, 5), (64, 64, 8, 2, 2), (128, 64, 8, 2, 1)]
 _PERSISTENT_BWD = [(64, 64, 4, 2, 2), (64, 64, 4, 3, 2), (64, 32, 4, 3, 2), (32, 64, 4, 3, 2), (64, 64, 4, 2, 3),
-                   (64, 64, 4, 2, 4)]
+                   (64, 64, 4, 2, 4), (64, 64, 8, 2, 1)]
 INTERPRET_PROGRAMS = 3  # persistent programs under TRITON_INTERPRET: each walks several tiles
 
 
