@@ -340,8 +340,9 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
 # are the pipeliner's, and state restarts by selects that the MMAs absorb (a zero accumulator is the
 # MMA's "no C" flag; the softmax's alpha is 0 after m = -inf). Triton's own loop flattening
 # (tl.range(flatten=True)) loads q under a branch, unpipelined, and zeroes the accumulator outside
-# the MMA, which makes ptxas serialise every wgmma (bench/kernel_resources.py); its warp
-# specialisation of these loops fails to compile for sm_90 (Triton 3.6) for the forward and dk/dv.
+# the MMA, which makes ptxas serialise every wgmma (bench/kernel_resources.py). Triton 3.6's warp
+# specialisation (tl.range(warp_specialize=True)) fails to compile these loops for sm_90 at 4 warps
+# and leaves them unspecialised at 8.
 # ------------------------------------------------------------------------------------------------
 @triton.jit
 def _band_keys(t0, r, RS, len_r, lead, j, BN: tl.constexpr):
