@@ -362,22 +362,33 @@ def _persistent_steps(n, RS, Hg, P, B, per_tile, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _persistent_at(it, per_tile, pid, programs, n, Hg, RS, P, H0, BLOCK: tl.constexpr):
+    """Step ``it`` of a persistent program: (its index in the tile, b, h, r, len_r, the tile's first row)."""
+    tile, b, h, r, len_r = _seq_problem(pid + it // per_tile * programs, n, Hg, RS, P, BLOCK, H0)
+    return it % per_tile, b, h, r, len_r, tile * BLOCK
+
+
+@triton.jit
+def _band_span(W, BM: tl.constexpr, BN: tl.constexpr):
+    """(lead, count) of the key tiles of a row tile at t0: rows t attend (t - W, t], so from t0 - lead·BN."""
+    lead = tl.cdiv(W - 1, BN)
+    return lead, lead + tl.cdiv(BM, BN)
+
+
+@triton.jit
 def _persistent_fwd(Q, K, V, O, LSE, H0,
                     sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
                     n, H, Hg, RS, P, W, B, scale_log2e,
                     IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                     OCC: tl.constexpr):
     """o and lse of row tiles (``OCC``: programs an SM, read by the launcher)."""
-    lead = tl.cdiv(W - 1, BN)  # rows t attend (t - W, t]: a row tile at t0 takes keys from t0 - lead·BN
-    nk = lead + tl.cdiv(BM, BN)
+    lead, nk = _band_span(W, BM, BN)
     steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nk, BM)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
     for it in range(steps):
-        j = it % nk
-        tile, b, h, r, len_r = _seq_problem(pid + it // nk * programs, n, Hg, RS, P, BM, H0)
-        t0 = tile * BM
+        j, b, h, r, len_r, t0 = _persistent_at(it, nk, pid, programs, n, Hg, RS, P, H0, BM)
         t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
         q = _rows(Q, b * sqb + h * sqh, pos, sqn, tl.arange(0, DQK), valid)
         tk, kpos, kok = _band_keys(t0, r, RS, len_r, lead, j, BN)
@@ -397,15 +408,12 @@ def _persistent_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
                    OCC: tl.constexpr):
     """dq of row tiles, walked as ``_persistent_fwd`` does; Δ = rowsum(dO·O) computed (and stored)
     at a tile's first step, its O read only then."""
-    lead = tl.cdiv(W - 1, BN)
-    nk = lead + tl.cdiv(BM, BN)
+    lead, nk = _band_span(W, BM, BN)
     steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nk, BM)
     delta = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DQK], tl.float32)
     for it in range(steps):
-        j = it % nk
-        tile, b, h, r, len_r = _seq_problem(pid + it // nk * programs, n, Hg, RS, P, BM, H0)
-        t0 = tile * BM
+        j, b, h, r, len_r, t0 = _persistent_at(it, nk, pid, programs, n, Hg, RS, P, H0, BM)
         t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
         row = (b * H + h) * n + pos
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
@@ -437,9 +445,7 @@ def _persistent_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
     for it in range(steps):
-        i = it % nq
-        tile, b, h, r, len_r = _seq_problem(pid + it // nq * programs, n, Hg, RS, P, BN, H0)
-        s0 = tile * BN
+        i, b, h, r, len_r, s0 = _persistent_at(it, nq, pid, programs, n, Hg, RS, P, H0, BN)
         tk, kpos, kvalid = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kvalid, DQK, DV)
         t, pos, valid = _seq_at(s0 // BM * BM + i * BM, r, RS, len_r, BM)
