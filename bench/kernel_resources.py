@@ -188,7 +188,7 @@ def main(argv=None):
         fn, flags, kind = table[name]
         cands = ([("short", h, w) for h, w in tb._SHORT] if kind == "short"
                  else [("band", tb.BAND_TILE, *c) for c in tb._BAND] if kind == "band"
-                 else list(tb._PERSISTENT_FWD if kind == "persistent_fwd" else tb._PERSISTENT_BWD)
+                 else list(tb._PERSISTENT_FWD if kind == "persistent_fwd" else tb._PERSISTENT_BWD)[:1 if sets == ["one"] else None]
                  if kind.startswith("persistent")
                  else list(dict.fromkeys(c for s in sets for c in tb.CONFIG_SETS[s][kind])))
         for seq_pass in seq_passes(name):
