@@ -11,8 +11,8 @@ constant, ints divisible by 16 and the pointers with divisibility hints): withou
 cannot prove vector-wide loads and neither pipelines them nor allocates registers as it will. A
 kernel that spills (stack > 0) moves registers through local memory inside its loop; "pipelined
 loads" counts the loads the software pipeliner turned into asynchronous copies.
-The row-tile and key-tile seq kernels are compiled for both of their passes (the band, whose RS = P
-= 1 are constants, and a stride pass). On sm_90 ptxas also says whether it serialises the kernel's
+The row-tile, key-tile and persistent seq kernels are compiled for both of their passes (the band,
+whose RS = P = 1 are constants, and a stride pass). On sm_90 ptxas also says whether it serialises the kernel's
 wgmma instructions (its C7515 note: each MMA step waited for before the next issues), as it did the
 band forward until its loop was known to run at least once.
 Writes ``kernel-resources-sm<arch>.json`` under ``--out`` and prints a table.
@@ -43,9 +43,9 @@ def kernel_table(K) -> dict:
         "seq_dkdv": (K._seq_bwd_dkdv, first_bwd, "bwd"), "seq_short": (K._seq_bwd_short, first_bwd, "short"),
         "seq_fwd_short": (K._seq_fwd_short, first_fwd, "short"),
         "band_bwd": (K._band_bwd, {}, "band"),
-        "persistent_fwd": (K._persistent_fwd, {}, "persistent_fwd"),
-        "persistent_dq": (K._persistent_dq, {}, "persistent_bwd"),
-        "persistent_dkdv": (K._persistent_dkdv, {}, "persistent_bwd"),
+        "persistent_fwd": (K._persistent_fwd, first_fwd, "persistent_fwd"),
+        "persistent_dq": (K._persistent_dq, first_bwd, "persistent_bwd"),
+        "persistent_dkdv": (K._persistent_dkdv, first_bwd, "persistent_bwd"),
         "fixed_fwd": (K._fixed_fwd, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "fwd"),
         "fixed_dq": (K._fixed_bwd_dq, dict(HAS_BLOCK=True, HAS_SUMMARY=True), "bwd"),
         "fixed_dkdv_own": (K._fixed_bwd_dkdv_own, dict(HAS_BLOCK=True), "bwd"),
@@ -80,7 +80,7 @@ def launch_values(kernel: str, seq_pass: str = "stride") -> dict:
     rows = dict(sqb=n * H * d, sqn=H * d, sqh=d)
     ints = {f"s{x}{y}": rows[f"sq{y}"] for x in ("q", "k", "v", "o", "do", "dq", "dk", "dv") for y in "bnh"}
     ints.update(n=n, H=H, Hg=H, H0=0, S=4, L=l, C=32, G=(n // l - 1) * 32, B=2 * 1024 * 1024 // (n * H))
-    if kernel == "band_bwd" or kernel.startswith("persistent") or seq_pass == "band":
+    if kernel == "band_bwd" or seq_pass == "band":
         ints.update(RS=1, P=1, W=l)
     else:
         ints.update(RS=l, P=l, W=n + 1)
@@ -88,9 +88,10 @@ def launch_values(kernel: str, seq_pass: str = "stride") -> dict:
 
 
 def seq_passes(kernel: str) -> tuple[str, ...]:
-    """The passes a kernel is compiled for: the row-tile and key-tile seq kernels run the band (local,
-    strided's first pass) and the stride passes, specialised differently; the others one."""
-    return ("band", "stride") if kernel in ("seq_fwd", "seq_dq", "seq_dkdv") else ("-",)
+    """The passes a kernel is compiled for: the row-tile, key-tile and persistent seq kernels run the
+    band (local, strided's first pass) and the stride passes, specialised differently; the others one."""
+    seq = kernel in ("seq_fwd", "seq_dq", "seq_dkdv") or kernel.startswith("persistent")
+    return ("band", "stride") if seq else ("-",)
 
 
 def compile_for(fn, consts: dict, arch: int, warps: int, stages: int, dtype: str = "bf16", values: dict | None = None):

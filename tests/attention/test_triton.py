@@ -92,22 +92,29 @@ def test_kernels_fp16_and_square_tiles(case, tiles):
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
-@pytest.mark.parametrize("short", [True, False], ids=["one-program-backward", "dq-and-dkdv-kernels"])
-def test_stride_longer_than_one_tile_and_wide_band(tiles, short, monkeypatch):
+@pytest.mark.parametrize("kernels", ["one-program", "row-and-key-tiles", "persistent"])
+def test_stride_longer_than_one_tile_and_wide_band(tiles, kernels, monkeypatch):
     """Residue sequences of several tiles (n/l = 20 rows with 16-row tiles) and a band of several
     key tiles (l = 40): the loops' bounds, not just one tile. The stride passes run as one program
-    per residue sequence (two 16-row tiles, 20 rows) or as the row-tile and key-tile kernels."""
+    per residue sequence (two 16-row tiles, 20 rows), or as the row-tile and key-tile kernels, or
+    (opt-in) every pass as persistent kernels (three programs, each walking several tiles of every
+    residue sequence: a tile's step count varies along a causal residue)."""
     tiles(16, 16)
-    launched = []
-    launch = tb._launch_short
+    launched, persistent = [], []
+    launch, launch_p = tb._launch_short, tb._launch_persistent
     monkeypatch.setattr(tb, "_launch_short", lambda *a, **kw: launched.append(a[:3]) or launch(*a, **kw))
-    monkeypatch.setenv(tb.SHORT_ROWS_ENV, "128" if short else "0")
+    monkeypatch.setattr(tb, "_launch_persistent", lambda *a, **kw: persistent.append(a[0]) or launch_p(*a, **kw))
+    monkeypatch.setenv(tb.SHORT_ROWS_ENV, "128" if kernels == "one-program" else "0")
+    monkeypatch.setenv(tb.PERSISTENT_ENV, "1" if kernels == "persistent" else "0")
     wide = ((Part("local", 12), Part("stride", 4)),)  # a band of 3 l: the column pass skips 3 diagonals (EXCL 3)
     for pattern, l in (("stride", 4), ("local", 40), ("strided", 4), (wide, 4)):
         heads = layer_heads(pattern, 1, l, integration="merged") if isinstance(pattern, str) else pattern
         assert max(_errors(heads, 80, torch.float32, 16, 16, seed=l)) < 1e-5, pattern
     # the stride passes (one residue sequence per (b, h, r): 4 of 20 rows)
-    assert launched == ([(k, 4, 20) for k in ("seq_fwd_short", "seq_short") * 3] if short else [])
+    assert launched == ([(k, 4, 20) for k in ("seq_fwd_short", "seq_short") * 3] if kernels == "one-program" else [])
+    one, two = ["persistent_fwd", "persistent_dq", "persistent_dkdv"], ["persistent_fwd"] * 2 + ["persistent_dq",
+                                                                                                 "persistent_dkdv"] * 2
+    assert persistent == (one + one + two + two if kernels == "persistent" else []), persistent  # stride, local, strided, wide
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
@@ -130,18 +137,20 @@ def test_band_backward_in_one_kernel(tiles, band, monkeypatch):
     """The local pass's backward as one kernel (opt-in; key tile j attended by row tiles j..j+2: l <= 2·16 + 1
     with 16-row tiles; each program's first row tiles take the previous program's key tiles), as
     the dq and dk/dv kernels, or (opt-in) as persistent kernels, forward too (three programs each
-    walking several tiles of both (b, h) sequences, key tiles before the start skipped): l from
+    walking several tiles of both (b, h) sequences): l from
     under one tile to the largest the one kernel takes, and one beyond it; alone and as strided's band."""
     tiles(16, 16)
     launched, persistent = [], []
     launch, launch_p = tb._launch_band, tb._launch_persistent
     monkeypatch.setattr(tb, "_launch_band", lambda *a, **kw: launched.append(a[:2]) or launch(*a, **kw))
     monkeypatch.setattr(tb, "_launch_persistent", lambda *a, **kw: persistent.append(a[0]) or launch_p(*a, **kw))
-    monkeypatch.setenv(tb.BAND_ENV, band)
+    monkeypatch.setenv(tb.BAND_ENV, "split" if band == "persistent" else band)
+    monkeypatch.setenv(tb.PERSISTENT_ENV, "1" if band == "persistent" else "0")
     for pattern, l in (("local", 8), ("local", 24), ("local", 33), ("local", 34), ("strided", 20)):
         heads = layer_heads(pattern, 2, l, integration="merged")
         assert max(_errors(heads, 150, torch.float32, 16, 16, B=2, seed=l)) < 1e-5, (pattern, l)
     assert launched == ([(150, 4)] * 4 if band == "fused" else [])
+    # the band passes (strided's second pass, 8-row residues, takes the one-program kernels)
     assert persistent == (["persistent_fwd", "persistent_dq", "persistent_dkdv"] * 5 if band == "persistent" else [])
 
 
@@ -300,9 +309,12 @@ def test_gpu_a_sequence_of_at_most_128_rows_runs_every_pass_as_one_program(dims,
 def test_gpu_band_backward_matches_the_reference(band, dims, dtype, tol, monkeypatch):
     """The band's opt-in kernels at l 40, 128, 129, 130 and as strided's band: its one-kernel backward
     (64-row tiles: l up to 129; l 130 takes the dq and dk/dv kernels), or the persistent forward, dq
-    and dk/dv (every l; not fp32 with IEEE dots, which keeps the row-tile and key-tile kernels)."""
-    monkeypatch.setenv(tb.BAND_ENV, band)
-    for pattern, l in (("local", 40), ("local", 128), ("local", 129), ("local", 130), ("strided", 128)):
+    and dk/dv (every l, and stride passes of 375 and 187 rows; not fp32 with IEEE dots, which keeps
+    the row-tile and key-tile kernels)."""
+    monkeypatch.setenv(tb.BAND_ENV, "split" if band == "persistent" else band)
+    monkeypatch.setenv(tb.PERSISTENT_ENV, "1" if band == "persistent" else "0")
+    for pattern, l in (("local", 40), ("local", 128), ("local", 129), ("local", 130), ("strided", 128), ("stride", 4),
+                       ("strided", 8)):
         heads = layer_heads(pattern, 4, l, integration="merged")
         errs = _errors(heads, 1500, dtype, *dims, B=2, seed=l)
         assert max(errs) < tol, (pattern, l, errs)

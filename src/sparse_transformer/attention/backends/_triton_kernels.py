@@ -24,7 +24,7 @@ each recompute it. The band's backward can run the same way (``_band_bwd``, opt-
 H200, see triton.py). Flat loops over several tiles (or residues) per program were tried for the
 local band and the short stride passes and measured slower than the seq kernels on an H200
 (bench/results/tune-h200-flat.json): they held q, dO and the restarted accumulators in registers
-(248-255 a thread, two programs an SM). The persistent band kernels (``_persistent_*``, opt-in
+(248-255 a thread, two programs an SM). The persistent seq kernels (``_persistent_*``, opt-in
 until timed) load every operand through the pipeline instead and restart by selects the MMAs absorb.
 
 Rows without any key (a summary-only head's first cells, a stride pass's first row) give o = 0,
@@ -330,73 +330,81 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
 
 
 # ------------------------------------------------------------------------------------------------
-# persistent band kernels (opt-in, SPARSE_TRANSFORMER_TRITON_BAND=persistent) for a first band pass
-# (local, strided's first pass). A program walks tiles pid, pid + programs, ... and every tile takes
-# the same number of key (or row) tiles, so its (tile, key tile) pairs are one flat loop that Triton
-# pipelines across tiles: the next tile's loads are in flight while this one computes, where a
-# program per tile exposes its first loads' latency (at 16k the seq kernels' time splits about half
-# and half between a cost per tile and a cost per key tile; bench/results/attention-h200.json, 16k
-# against 64k). Every operand is loaded at every step (the repeats come from L2) so that the loads
-# are the pipeliner's, and state restarts by selects that the MMAs absorb (a zero accumulator is the
-# MMA's "no C" flag; the softmax's alpha is 0 after m = -inf). Triton's own loop flattening
-# (tl.range(flatten=True)) loads q under a branch, unpipelined, and zeroes the accumulator outside
-# the MMA, which makes ptxas serialise every wgmma (bench/kernel_resources.py). Triton 3.6's warp
-# specialisation (tl.range(warp_specialize=True)) fails to compile these loops for sm_90 at 4 warps
-# and leaves them unspecialised at 8.
+# persistent seq kernels (opt-in, SPARSE_TRANSFORMER_TRITON_PERSISTENT=1): OCC programs an SM, each
+# walking tiles pid, pid + programs, ... of a seq pass as ONE loop over its (tile, key or row tile)
+# steps, which Triton pipelines across tiles: the next tile's loads are in flight while this one
+# computes, where a program per tile exposes its first loads' latency (at 16k the seq kernels' time
+# splits about half and half between a cost per tile and a cost per key tile; docs/performance.md).
+# The tile a step belongs to is carried (scalar state advanced at a tile's last step), every
+# operand is loaded at every step through the pipeline (repeats come from L2), and state restarts
+# by selects that the MMAs absorb (a zero accumulator is the MMA's "no C" flag; the softmax's alpha
+# is 0 after m = -inf). Triton's own loop flattening (tl.range(flatten=True)) needs a fixed inner
+# count, loads q under a branch, unpipelined, and zeroes the accumulator outside the MMA, which
+# makes ptxas serialise every wgmma (bench/kernel_resources.py); its warp specialisation fails to
+# compile these loops for sm_90 at 4 warps and leaves them unspecialised at 8 (Triton 3.6).
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _band_keys(t0, r, RS, len_r, lead, j, BN: tl.constexpr):
-    """Key tile j of the band of a row tile at t0 (keys from t0 - lead·BN): (t', positions, which
-    exist); t' < 0 is moved past every row so that no row attends it."""
-    tk, kpos, kok = _seq_at(t0 + (j - lead) * BN, r, RS, len_r, BN)
-    return tl.where(tk >= 0, tk, 1 << 30), kpos, kok & (tk >= 0)
+def _span(x0, W, len_r, EXCL: tl.constexpr, KEYS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """(first, count >= 1) of the key tiles a row tile at x0 takes, or (``KEYS``) of the row tiles a
+    key tile at x0 is attended by — as the row-tile and key-tile kernels loop over them."""
+    if KEYS:
+        lo = (x0 + EXCL) // BM * BM
+        return lo, tl.maximum(tl.cdiv(tl.minimum(x0 + BN - 1 + W, len_r) - lo, BM), 1)
+    lo = tl.maximum(x0 - W + 1, 0) // BN * BN
+    return lo, tl.maximum(tl.cdiv(tl.minimum(x0 + BM - EXCL, len_r) - lo, BN), 1)
 
 
 @triton.jit
-def _persistent_steps(n, RS, Hg, P, B, per_tile, BLOCK: tl.constexpr):
-    """(steps of this program, its first tile, the programs): tiles of BLOCK rows walked with a
-    stride of the grid, ``per_tile`` steps each."""
-    tiles = tl.cdiv(tl.cdiv(n, RS), BLOCK) * Hg * P * B
+def _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL: tl.constexpr, KEYS: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr):
+    """Tile ``tid`` (row tiles, or key tiles when ``KEYS``): (b, h, r, len_r, its first row, and the
+    first and count of its steps' tiles)."""
+    BLOCK: tl.constexpr = BN if KEYS else BM
+    tile, b, h, r, len_r = _seq_problem(tid, n, Hg, RS, P, BLOCK, H0)
+    lo, cnt = _span(tile * BLOCK, W, len_r, EXCL, KEYS, BM, BN)
+    return b, h, r, len_r, tile * BLOCK, lo, cnt
+
+
+@triton.jit
+def _persistent_steps(n, Hg, RS, P, W, B, H0, EXCL: tl.constexpr, KEYS: tl.constexpr, BM: tl.constexpr,
+                      BN: tl.constexpr):
+    """(steps, programs) of this program: the steps of tiles pid, pid + programs, ..."""
+    BLOCK: tl.constexpr = BN if KEYS else BM
     pid, programs = tl.program_id(0), tl.num_programs(0)
-    return tl.cdiv(tiles - pid, programs) * per_tile, pid, programs
-
-
-@triton.jit
-def _persistent_at(it, per_tile, pid, programs, n, Hg, RS, P, H0, BLOCK: tl.constexpr):
-    """Step ``it`` of a persistent program: (its index in the tile, b, h, r, len_r, the tile's first row)."""
-    tile, b, h, r, len_r = _seq_problem(pid + it // per_tile * programs, n, Hg, RS, P, BLOCK, H0)
-    return it % per_tile, b, h, r, len_r, tile * BLOCK
-
-
-@triton.jit
-def _band_span(W, BM: tl.constexpr, BN: tl.constexpr):
-    """(lead, count) of the key tiles of a row tile at t0: rows t attend (t - W, t], so from t0 - lead·BN."""
-    lead = tl.cdiv(W - 1, BN)
-    return lead, lead + tl.cdiv(BM, BN)
+    steps = 0
+    for tid in range(pid, tl.cdiv(tl.cdiv(n, RS), BLOCK) * Hg * P * B, programs):
+        steps += _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, KEYS, BM, BN)[6]
+    return steps, programs
 
 
 @triton.jit
 def _persistent_fwd(Q, K, V, O, LSE, H0,
                     sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
                     n, H, Hg, RS, P, W, B, scale_log2e,
-                    IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    OCC: tl.constexpr):
-    """o and lse of row tiles (``OCC``: programs an SM, read by the launcher)."""
-    lead, nk = _band_span(W, BM, BN)
-    steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nk, BM)
+                    EXCL: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr,
+                    DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, OCC: tl.constexpr):
+    """``_seq_fwd``'s o and lse, persistent (``OCC``: programs an SM, read by the launcher)."""
+    steps, programs = _persistent_steps(n, Hg, RS, P, W, B, H0, EXCL, False, BM, BN)
+    tid = tl.program_id(0)
+    b, h, r, len_r, t0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, False, BM, BN)
+    j = 0
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    for it in range(steps):
-        j, b, h, r, len_r, t0 = _persistent_at(it, nk, pid, programs, n, Hg, RS, P, H0, BM)
+    for _ in range(steps):
         t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
         q = _rows(Q, b * sqb + h * sqh, pos, sqn, tl.arange(0, DQK), valid)
-        tk, kpos, kok = _band_keys(t0, r, RS, len_r, lead, j, BN)
+        tk, kpos, kok = _seq_at(lo + j * BN, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
         m_i = tl.where(j == 0, float("-inf"), m_i)  # a new tile: alpha = 0 clears l and acc
-        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, 0), m_i, l_i, acc, scale_log2e, IEEE)
-        if j == nk - 1:
-            _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV)
+        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
+        if j == cnt - 1:
+            _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV, MERGE)
+        j += 1
+        if j == cnt:
+            tid += programs
+            b, h, r, len_r, t0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, False, BM, BN)
+            j = 0
 
 
 @triton.jit
@@ -404,30 +412,39 @@ def _persistent_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
                    sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh, sdob, sdon, sdoh,
                    sdqb, sdqn, sdqh,
                    n, H, Hg, RS, P, W, B, scale_log2e, scale,
-                   IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                   OCC: tl.constexpr):
-    """dq of row tiles, walked as ``_persistent_fwd`` does; Δ = rowsum(dO·O) computed (and stored)
-    at a tile's first step, its O read only then."""
-    lead, nk = _band_span(W, BM, BN)
-    steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nk, BM)
+                   EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
+                   DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, OCC: tl.constexpr):
+    """``_seq_bwd_dq``, persistent: a first pass computes Δ = rowsum(dO·O) at a tile's first step
+    (reading O only then) and stores it; a second pass reads it."""
+    steps, programs = _persistent_steps(n, Hg, RS, P, W, B, H0, EXCL, False, BM, BN)
+    tid = tl.program_id(0)
+    b, h, r, len_r, t0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, False, BM, BN)
+    j = 0
     delta = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DQK], tl.float32)
-    for it in range(steps):
-        j, b, h, r, len_r, t0 = _persistent_at(it, nk, pid, programs, n, Hg, RS, P, H0, BM)
+    for _ in range(steps):
         t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
         row = (b * H + h) * n + pos
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
-        lse2, _d = _row_stats(LSE, DELTA, row, valid, True)
-        o = _rows(O, b * sob + h * soh, pos, son, tl.arange(0, DV), valid & (j == 0))
-        if j == 0:
-            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-            tl.store(DELTA + row, delta, mask=valid)
-        tk, kpos, kok = _band_keys(t0, r, RS, len_r, lead, j, BN)
+        lse2, stored = _row_stats(LSE, DELTA, row, valid, not ACCUM)
+        if ACCUM:
+            delta = stored
+        else:
+            o = _rows(O, b * sob + h * soh, pos, son, tl.arange(0, DV), valid & (j == 0))
+            if j == 0:
+                delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+                tl.store(DELTA + row, delta, mask=valid)
+        tk, kpos, kok = _seq_at(lo + j * BN, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
-        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, W, 0), lse2, delta, scale_log2e,
+        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, W, EXCL), lse2, delta, scale_log2e,
                        tl.where(j == 0, 0.0, acc), IEEE)
-        if j == nk - 1:
-            _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, tl.arange(0, DQK), acc * scale, valid)
+        if j == cnt - 1:
+            _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, tl.arange(0, DQK), acc * scale, valid, ACCUM)
+        j += 1
+        if j == cnt:
+            tid += programs
+            b, h, r, len_r, t0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, False, BM, BN)
+            j = 0
 
 
 @triton.jit
@@ -435,27 +452,31 @@ def _persistent_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
                      sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sdob, sdon, sdoh,
                      sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
                      n, H, Hg, RS, P, W, B, scale_log2e, scale,
-                     IEEE: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     OCC: tl.constexpr):
-    """dk, dv of key tiles over the row tiles that may attend them: rows s0 .. s0 + BN + W - 2, from
-    the row tile holding s0 (a fixed count: rows past the problem are zero-loaded and add nothing)."""
-    BX: tl.constexpr = BM if BM > BN else BN  # a key tile starts at most BM - BN rows into its first row tile
-    nq = tl.cdiv(BX + W - 1, BM)
-    steps, pid, programs = _persistent_steps(n, RS, Hg, P, B, nq, BN)
+                     EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
+                     DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, OCC: tl.constexpr):
+    """``_seq_bwd_dkdv``, persistent."""
+    steps, programs = _persistent_steps(n, Hg, RS, P, W, B, H0, EXCL, True, BM, BN)
+    tid = tl.program_id(0)
+    b, h, r, len_r, s0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, True, BM, BN)
+    j = 0
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
-    for it in range(steps):
-        i, b, h, r, len_r, s0 = _persistent_at(it, nq, pid, programs, n, Hg, RS, P, H0, BN)
+    for _ in range(steps):
         tk, kpos, kvalid = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kvalid, DQK, DV)
-        t, pos, valid = _seq_at(s0 // BM * BM + i * BM, r, RS, len_r, BM)
+        t, pos, valid = _seq_at(lo + j * BM, r, RS, len_r, BM)
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
-        dk, dv = _dkdv_step(k, v, q, do, _seq_allowed(t, tk, W, 0, True), lse2, delta, scale_log2e,
-                            tl.where(i == 0, 0.0, dk), tl.where(i == 0, 0.0, dv), IEEE)
-        if i == nq - 1:
-            _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, tl.arange(0, DQK), dk * scale, kvalid)
-            _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, tl.arange(0, DV), dv, kvalid)
+        dk, dv = _dkdv_step(k, v, q, do, _seq_allowed(t, tk, W, EXCL, True), lse2, delta, scale_log2e,
+                            tl.where(j == 0, 0.0, dk), tl.where(j == 0, 0.0, dv), IEEE)
+        if j == cnt - 1:
+            _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, tl.arange(0, DQK), dk * scale, kvalid, ACCUM)
+            _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, tl.arange(0, DV), dv, kvalid, ACCUM)
+        j += 1
+        if j == cnt:
+            tid += programs
+            b, h, r, len_r, s0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, True, BM, BN)
+            j = 0
 
 
 @triton.jit

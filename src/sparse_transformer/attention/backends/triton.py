@@ -11,8 +11,8 @@ forward and backward (the backward computes each pair of tiles once for dq, dk a
 IEEE dots keeps the row-tile and key-tile kernels (the one-program ones spill heavily there). Flat
 pipelined loops over several row tiles (local band) or residues (short stride passes) per program
 were tried and measured slower than these on an H200 (bench/results/tune-h200-flat.json); persistent
-band kernels (a program an SM slot walking its tiles as one pipelined loop) are opt-in
-(SPARSE_TRANSFORMER_TRITON_BAND=persistent) until timed.
+seq kernels (a program an SM slot walking its tiles as one pipelined loop) are opt-in
+(SPARSE_TRANSFORMER_TRITON_PERSISTENT=1) until timed.
 
 They are ``torch.library`` custom ops with fake (meta) implementations, so a compiled model traces
 them as single nodes (no graph break) and CUDA graphs capture them; autotuning happens at the
@@ -194,10 +194,11 @@ _SHORT = [(1, 4), (1, 8)]
 BAND_ENV = "SPARSE_TRANSFORMER_TRITON_BAND"
 BAND_TILE = 64
 _BAND = [(8, 4, 1), (8, 8, 1), (4, 4, 1), (16, 4, 1), (8, 4, 2)]
-# SPARSE_TRANSFORMER_TRITON_BAND=persistent (opt-in until timed on a GPU): a first band pass runs on
-# persistent kernels, OCC programs an SM each walking its tiles as one pipelined loop
+# SPARSE_TRANSFORMER_TRITON_PERSISTENT=1 (opt-in until timed on a GPU): the seq passes that are not
+# short run on persistent kernels, OCC programs an SM each walking its tiles as one pipelined loop
 # (_triton_kernels.py). Candidates (BM, BN, warps, stages, OCC), OCC what fits an SM by the
 # registers and shared memory that bench/kernel_resources.py reports for sm_90 at d 64.
+PERSISTENT_ENV = "SPARSE_TRANSFORMER_TRITON_PERSISTENT"
 # (d 32 fits more: OCC 4-5 where d 64 fits 2-3; 8 warps split a tile's columns over two warpgroups.)
 _PERSISTENT_FWD = [(64, 64, 4, 2, 3), (64, 64, 4, 3, 2), (64, 32, 4, 3, 3), (32, 64, 4, 3, 3), (64, 64, 4, 2, 2),
                    (64, 64, 4, 2, 5), (64, 64, 8, 2, 2), (128, 64, 8, 2, 1)]
@@ -266,9 +267,9 @@ def _kernels():
         seq_dkdv=tune(K._seq_bwd_dkdv, bwd, seq_key + ["ACCUM"], ("DK", "DV_")),
         seq_fwd_short=tune(K._seq_fwd_short, short, seq_key + ["MERGE", "T"], ("O", "LSE")),
         band_bwd=tune(K._band_bwd, band, ["n", "H", "W", "DQK", "DV"]),
-        persistent_fwd=tune(K._persistent_fwd, persistent["fwd"], ["n", "H", "W", "B", "DQK", "DV"], ("O", "LSE")),
-        persistent_dq=tune(K._persistent_dq, persistent["bwd"], ["n", "H", "W", "B", "DQK", "DV"], ("DQ",)),
-        persistent_dkdv=tune(K._persistent_dkdv, persistent["bwd"], ["n", "H", "W", "B", "DQK", "DV"], ("DK", "DV_")),
+        persistent_fwd=tune(K._persistent_fwd, persistent["fwd"], seq_key + ["MERGE", "B"], ("O", "LSE")),
+        persistent_dq=tune(K._persistent_dq, persistent["bwd"], seq_key + ["ACCUM", "B"], ("DQ",)),
+        persistent_dkdv=tune(K._persistent_dkdv, persistent["bwd"], seq_key + ["ACCUM", "B"], ("DK", "DV_")),
         seq_short=tune(K._seq_bwd_short, short, seq_key + ["ACCUM", "T"], ("DQ", "DK", "DV_")),
         fixed_fwd=tune(K._fixed_fwd, fwd, fixed_key + ["HAS_SUMMARY"]),
         fixed_dq=tune(K._fixed_bwd_dq, bwd, fixed_key + ["HAS_SUMMARY"]),
@@ -326,9 +327,9 @@ def _launch_persistent(name: str, tiles, device: torch.device, *args, **kw):
 
 
 def _persistent(ieee: bool) -> bool:
-    """Whether a first band pass runs on the persistent kernels (opt-in); not fp32 with IEEE dots on
-    a GPU, where compiled for sm_90 they spill 0.5-5 KB a thread (as the one-program kernels do)."""
-    return os.environ.get(BAND_ENV, "split") == "persistent" and (interpreting() or not ieee)
+    """Whether the seq passes run on the persistent kernels (opt-in); not fp32 with IEEE dots on a
+    GPU, where compiled for sm_90 they spill 0.5-5 KB a thread (as the one-program kernels do)."""
+    return os.environ.get(PERSISTENT_ENV, "0") == "1" and (interpreting() or not ieee)
 
 
 def _band_tile() -> int | None:
@@ -404,9 +405,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
                                                           dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
             if short:
                 _launch_short("seq_fwd_short", *short, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
-            elif p == 0 and ps["RS"] == 1 and _persistent(_ieee(q)):
+            elif _persistent(_ieee(q)):
                 _launch_persistent("persistent_fwd", rows, q.device, q, k, v, o, lse, h0, *common, *ints, B,
-                                   scale * LOG2E, IEEE=_ieee(q), DQK=DQK, DV=DV)
+                                   scale * LOG2E, **consts)
             else:
                 _launch("seq_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
     return o, lse
@@ -451,12 +452,11 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
             if short:
                 _launch_short("seq_short", *short, *one_program, *shape, **consts)
                 continue
-            if p == 0 and ps["RS"] == 1 and _persistent(ieee):
-                fl = dict(IEEE=ieee, DQK=DQK, DV=DV)
+            if _persistent(ieee):
                 _launch_persistent("persistent_dq", rows, q.device, q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o),
-                                   *_strides(do), *_strides(dq), *ints, B, scale * LOG2E, scale, **fl)
+                                   *_strides(do), *_strides(dq), *ints, B, scale * LOG2E, scale, **consts)
                 _launch_persistent("persistent_dkdv", keys, q.device, q, k, v, do, dk, dv, lse, delta, h0, *qkv,
-                                   *_strides(do), *_strides(dk), *_strides(dv), *ints, B, scale * LOG2E, scale, **fl)
+                                   *_strides(do), *_strides(dk), *_strides(dv), *ints, B, scale * LOG2E, scale, **consts)
                 continue
             _launch("seq_dq", rows,
                     q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **consts)
