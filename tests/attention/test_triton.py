@@ -92,20 +92,20 @@ def test_kernels_fp16_and_square_tiles(case, tiles):
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
-@pytest.mark.parametrize("kernels", ["one-program", "row-and-key-tiles", "persistent"])
+@pytest.mark.parametrize("kernels", ["one-program", "row-and-key-tiles", "persistent", "persistent-bwd"])
 def test_stride_longer_than_one_tile_and_wide_band(tiles, kernels, monkeypatch):
     """Residue sequences of several tiles (n/l = 20 rows with 16-row tiles) and a band of several
     key tiles (l = 40): the loops' bounds, not just one tile. The stride passes run as one program
     per residue sequence (two 16-row tiles, 20 rows), or as the row-tile and key-tile kernels, or
     (opt-in) every pass as persistent kernels (three programs, each walking several tiles of every
-    residue sequence: a tile's step count varies along a causal residue)."""
+    residue sequence: a tile's step count varies along a causal residue), or the backward only."""
     tiles(16, 16)
     launched, persistent = [], []
     launch, launch_p = tb._launch_short, tb._launch_persistent
     monkeypatch.setattr(tb, "_launch_short", lambda *a, **kw: launched.append(a[:3]) or launch(*a, **kw))
     monkeypatch.setattr(tb, "_launch_persistent", lambda *a, **kw: persistent.append(a[0]) or launch_p(*a, **kw))
     monkeypatch.setenv(tb.SHORT_ROWS_ENV, "128" if kernels == "one-program" else "0")
-    monkeypatch.setenv(tb.PERSISTENT_ENV, "1" if kernels == "persistent" else "0")
+    monkeypatch.setenv(tb.PERSISTENT_ENV, {"persistent": "1", "persistent-bwd": "bwd"}.get(kernels, "0"))
     wide = ((Part("local", 12), Part("stride", 4)),)  # a band of 3 l: the column pass skips 3 diagonals (EXCL 3)
     for pattern, l in (("stride", 4), ("local", 40), ("strided", 4), (wide, 4)):
         heads = layer_heads(pattern, 1, l, integration="merged") if isinstance(pattern, str) else pattern
@@ -114,7 +114,9 @@ def test_stride_longer_than_one_tile_and_wide_band(tiles, kernels, monkeypatch):
     assert launched == ([(k, 4, 20) for k in ("seq_fwd_short", "seq_short") * 3] if kernels == "one-program" else [])
     one, two = ["persistent_fwd", "persistent_dq", "persistent_dkdv"], ["persistent_fwd"] * 2 + ["persistent_dq",
                                                                                                  "persistent_dkdv"] * 2
-    assert persistent == (one + one + two + two if kernels == "persistent" else []), persistent  # stride, local, strided, wide
+    want = {"persistent": one + one + two + two,  # stride, local, strided, wide
+            "persistent-bwd": [k for k in one + one + two + two if k != "persistent_fwd"]}.get(kernels, [])
+    assert persistent == want, persistent
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")

@@ -194,9 +194,9 @@ _SHORT = [(1, 4), (1, 8)]
 BAND_ENV = "SPARSE_TRANSFORMER_TRITON_BAND"
 BAND_TILE = 64
 _BAND = [(8, 4, 1), (8, 8, 1), (4, 4, 1), (16, 4, 1), (8, 4, 2)]
-# SPARSE_TRANSFORMER_TRITON_PERSISTENT=1 (opt-in until timed on a GPU): the seq passes that are not
-# short run on persistent kernels, OCC programs an SM each walking its tiles as one pipelined loop
-# (_triton_kernels.py). Candidates (BM, BN, warps, stages, OCC), OCC what fits an SM by the
+# SPARSE_TRANSFORMER_TRITON_PERSISTENT=1 (or fwd, bwd; opt-in until timed on a GPU): the seq passes
+# that are not short run on persistent kernels, OCC programs an SM each walking its tiles as one
+# pipelined loop (_triton_kernels.py). Candidates (BM, BN, warps, stages, OCC), OCC what fits an SM by the
 # registers and shared memory that bench/kernel_resources.py reports for sm_90 at d 64.
 PERSISTENT_ENV = "SPARSE_TRANSFORMER_TRITON_PERSISTENT"
 # (d 32 fits more: OCC 4-5 where d 64 fits 2-3; 8 warps split a tile's columns over two warpgroups.)
@@ -326,10 +326,11 @@ def _launch_persistent(name: str, tiles, device: torch.device, *args, **kw):
         kern[lambda meta: (min(tiles(meta["BM"], meta["BN"]), _sms(device) * meta["OCC"]),)](*args, **kw)
 
 
-def _persistent(ieee: bool) -> bool:
-    """Whether the seq passes run on the persistent kernels (opt-in); not fp32 with IEEE dots on a
-    GPU, where compiled for sm_90 they spill 0.5-5 KB a thread (as the one-program kernels do)."""
-    return os.environ.get(PERSISTENT_ENV, "0") == "1" and (interpreting() or not ieee)
+def _persistent(ieee: bool, direction: str) -> bool:
+    """Whether the seq passes of ``direction`` (fwd, bwd) run on the persistent kernels (opt-in:
+    PERSISTENT_ENV 1 for both, or fwd or bwd); not fp32 with IEEE dots on a GPU, where compiled for
+    sm_90 they spill 0.5-5 KB a thread (as the one-program kernels do)."""
+    return os.environ.get(PERSISTENT_ENV, "0") in ("1", direction) and (interpreting() or not ieee)
 
 
 def _band_tile() -> int | None:
@@ -405,7 +406,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
                                                           dict(IEEE=_ieee(q), DQK=DQK, DV=DV))
             if short:
                 _launch_short("seq_fwd_short", *short, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
-            elif _persistent(_ieee(q)):
+            elif _persistent(_ieee(q), "fwd"):
                 _launch_persistent("persistent_fwd", rows, q.device, q, k, v, o, lse, h0, *common, *ints, B,
                                    scale * LOG2E, **consts)
             else:
@@ -452,7 +453,7 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
             if short:
                 _launch_short("seq_short", *short, *one_program, *shape, **consts)
                 continue
-            if _persistent(ieee):
+            if _persistent(ieee, "bwd"):
                 _launch_persistent("persistent_dq", rows, q.device, q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o),
                                    *_strides(do), *_strides(dq), *ints, B, scale * LOG2E, scale, **consts)
                 _launch_persistent("persistent_dkdv", keys, q.device, q, k, v, do, dk, dv, lse, delta, h0, *qkv,
