@@ -205,6 +205,15 @@ def _seq_allowed(t, tk, W, EXCL: tl.constexpr, TRANS: tl.constexpr = False):
 
 
 @triton.jit
+def _tile_range(x0, W, len_r, EXCL: tl.constexpr, KEYS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """(lo, hi): the key tiles lo, lo + BN, ... < hi that a row tile at x0 takes, or (``KEYS``) the
+    row tiles lo, lo + BM, ... < hi by which a key tile at x0 is attended."""
+    if KEYS:
+        return (x0 + EXCL) // BM * BM, tl.minimum(x0 + BN - 1 + W, len_r)
+    return tl.maximum(x0 - W + 1, 0) // BN * BN, tl.minimum(x0 + BM - EXCL, len_r)
+
+
+@triton.jit
 def _merged(o, lse, optr, lptr, valid):
     """(o, lse) of the union with the first pass's softmax over disjoint keys (stored at optr, lptr),
     by log-sum-exp."""
@@ -236,7 +245,7 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, DV], tl.float32)
-    lo, hi = tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r)
+    lo, hi = _tile_range(t0, W, len_r, EXCL, False, BM, BN)
     if EXCL == 0:  # a first pass has its diagonal tile: without this, a zero-trip path that sets acc outside
         tl.assume(hi > lo)  # the loop makes ptxas serialise every wgmma (bench/kernel_resources.py, C7515)
     for s0 in range(lo, hi, BN):
@@ -293,7 +302,8 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     q, do, lse2, delta = _dq_rows(Q, DO, O, LSE, DELTA, b * sqb + h * sqh, b * sdob + h * sdoh, b * sob + h * soh, pos,
                                   sqn, sdon, son, (b * H + h) * n + pos, valid, DQK, DV, ACCUM)
     acc = tl.zeros([BM, DQK], tl.float32)
-    for s0 in range(tl.maximum(t0 - W + 1, 0) // BN * BN, tl.minimum(t0 + BM - EXCL, len_r), BN):
+    lo, hi = _tile_range(t0, W, len_r, EXCL, False, BM, BN)
+    for s0 in range(lo, hi, BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
         acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, W, EXCL), lse2, delta, scale_log2e, acc, IEEE)
@@ -319,7 +329,8 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
     k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kvalid, DQK, DV)
     dk = tl.zeros([BN, DQK], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
-    for t0 in range((s0 + EXCL) // BM * BM, tl.minimum(s0 + BN - 1 + W, len_r), BM):
+    lo, hi = _tile_range(s0, W, len_r, EXCL, True, BM, BN)
+    for t0 in range(lo, hi, BM):
         t, pos, valid = _seq_at(t0, r, RS, len_r, BM)
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
@@ -345,13 +356,11 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
 # ------------------------------------------------------------------------------------------------
 @triton.jit
 def _span(x0, W, len_r, EXCL: tl.constexpr, KEYS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """(first, count >= 1) of the key tiles a row tile at x0 takes, or (``KEYS``) of the row tiles a
-    key tile at x0 is attended by — as the row-tile and key-tile kernels loop over them."""
-    if KEYS:
-        lo = (x0 + EXCL) // BM * BM
-        return lo, tl.maximum(tl.cdiv(tl.minimum(x0 + BN - 1 + W, len_r) - lo, BM), 1)
-    lo = tl.maximum(x0 - W + 1, 0) // BN * BN
-    return lo, tl.maximum(tl.cdiv(tl.minimum(x0 + BM - EXCL, len_r) - lo, BN), 1)
+    """(first, count >= 1) of ``_tile_range``'s tiles: a tile with none still takes one (masked)
+    step, which writes its epilogue."""
+    lo, hi = _tile_range(x0, W, len_r, EXCL, KEYS, BM, BN)
+    STEP: tl.constexpr = BM if KEYS else BN
+    return lo, tl.maximum(tl.cdiv(hi - lo, STEP), 1)
 
 
 @triton.jit
@@ -378,6 +387,18 @@ def _persistent_steps(n, Hg, RS, P, W, B, H0, EXCL: tl.constexpr, KEYS: tl.const
 
 
 @triton.jit
+def _persistent_next(j, tid, programs, b, h, r, len_r, x0, lo, cnt, n, Hg, RS, P, W, H0, EXCL: tl.constexpr,
+                     KEYS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """The step after step j of tile ``tid`` (b .. cnt: its ``_persistent_tile``): (j, tid, b .. cnt)."""
+    j += 1
+    if j == cnt:
+        tid += programs
+        b, h, r, len_r, x0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, KEYS, BM, BN)
+        j = 0
+    return j, tid, b, h, r, len_r, x0, lo, cnt
+
+
+@triton.jit
 def _persistent_fwd(Q, K, V, O, LSE, H0,
                     sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
                     n, H, Hg, RS, P, W, B, scale_log2e,
@@ -400,11 +421,8 @@ def _persistent_fwd(Q, K, V, O, LSE, H0,
         m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
         if j == cnt - 1:
             _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV, MERGE)
-        j += 1
-        if j == cnt:
-            tid += programs
-            b, h, r, len_r, t0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, False, BM, BN)
-            j = 0
+        j, tid, b, h, r, len_r, t0, lo, cnt = _persistent_next(j, tid, programs, b, h, r, len_r, t0, lo, cnt,
+                                                                n, Hg, RS, P, W, H0, EXCL, False, BM, BN)
 
 
 @triton.jit
@@ -440,11 +458,8 @@ def _persistent_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
                        tl.where(j == 0, 0.0, acc), IEEE)
         if j == cnt - 1:
             _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, tl.arange(0, DQK), acc * scale, valid, ACCUM)
-        j += 1
-        if j == cnt:
-            tid += programs
-            b, h, r, len_r, t0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, False, BM, BN)
-            j = 0
+        j, tid, b, h, r, len_r, t0, lo, cnt = _persistent_next(j, tid, programs, b, h, r, len_r, t0, lo, cnt,
+                                                                n, Hg, RS, P, W, H0, EXCL, False, BM, BN)
 
 
 @triton.jit
@@ -472,11 +487,8 @@ def _persistent_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         if j == cnt - 1:
             _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, tl.arange(0, DQK), dk * scale, kvalid, ACCUM)
             _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, tl.arange(0, DV), dv, kvalid, ACCUM)
-        j += 1
-        if j == cnt:
-            tid += programs
-            b, h, r, len_r, s0, lo, cnt = _persistent_tile(tid, n, Hg, RS, P, W, H0, EXCL, True, BM, BN)
-            j = 0
+        j, tid, b, h, r, len_r, s0, lo, cnt = _persistent_next(j, tid, programs, b, h, r, len_r, s0, lo, cnt,
+                                                                n, Hg, RS, P, W, H0, EXCL, True, BM, BN)
 
 
 @triton.jit
