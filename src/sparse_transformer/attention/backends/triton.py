@@ -12,7 +12,7 @@ IEEE dots keeps the row-tile and key-tile kernels (the one-program ones spill he
 pipelined loops over several row tiles (local band) or residues (short stride passes) per program
 were tried and measured slower than these on an H200 (bench/results/tune-h200-flat.json); persistent
 seq kernels (a program an SM slot walking its tiles as one pipelined loop) are opt-in
-(SPARSE_TRANSFORMER_TRITON_PERSISTENT=1) until timed.
+(SPARSE_TRANSFORMER_TRITON_PERSISTENT=1): slower or tied on an H200 (bench/results/persist-ab-h200.json).
 
 They are ``torch.library`` custom ops with fake (meta) implementations, so a compiled model traces
 them as single nodes (no graph break) and CUDA graphs capture them; autotuning happens at the
@@ -194,7 +194,8 @@ _SHORT = [(1, 4), (1, 8)]
 BAND_ENV = "SPARSE_TRANSFORMER_TRITON_BAND"
 BAND_TILE = 64
 _BAND = [(8, 4, 1), (8, 8, 1), (4, 4, 1), (16, 4, 1), (8, 4, 2)]
-# SPARSE_TRANSFORMER_TRITON_PERSISTENT=1 (or fwd, bwd; opt-in until timed on a GPU): the seq passes
+# SPARSE_TRANSFORMER_TRITON_PERSISTENT=1 (or fwd, bwd; opt-in: on an H200 slower than the seq kernels
+# or tied, both directions, 16k and 64k, d 32 and 64; bench/results/persist-ab-h200.json): the seq passes
 # that are not short run on persistent kernels, OCC programs an SM each walking its tiles as one
 # pipelined loop (_triton_kernels.py). Candidates (BM, BN, warps, stages, OCC), OCC what fits an SM by the
 # registers and shared memory that bench/kernel_resources.py reports for sm_90 at d 64.
