@@ -9,7 +9,18 @@ The dense baseline is the fastest dense kernel at each shape, not a chosen one: 
 and each of cuDNN, FlashAttention and memory-efficient attention are timed (a kernel that refuses the
 inputs is recorded with its error), and the fastest in forward+backward is the baseline
 (``dense_kernel`` in every record of the shape). Every arm takes q, k, v the way the model makes
-them: (B, H, n, d) views of contiguous (B, n, H, d) tensors, the upstream gradient likewise.
+them: (B, H, n, d) views of contiguous (B, n, H, d) tensors, the upstream gradient likewise, and
+calls attention the way the layer does: prepared once (triton's spec, flex's block masks), then
+attend(q, k, v, ..., prepared=state) per call.
+
+Each arm is timed two ways, both for every arm, dense included:
+- ``fwd_ms``/``fwdbwd_ms`` (eager): events around one call, synchronised after it, as an eager
+  training step runs it: the host's time to issue the call (Python, autograd, kernel launches) is
+  inside whenever it exceeds the GPU's. The speed-up ``speedup_vs_dense`` is of these.
+- ``fwd_graph_ms``/``fwdbwd_graph_ms``: the same call captured in a CUDA graph and replayed, as the
+  compiled model runs it (``model.compile_mode=cudagraphs``): GPU time only. ``speedup_vs_dense_graph``
+  is against the fastest dense kernel timed the same way. On an H200 a sparse layer's call costs
+  0.4-1.4 ms of host time, which at n = 16k is a fifth of its eager time.
 A sparse backend that is unknown or fails is an error record; the bench goes on.
 
 Runs on the GPU machine with its system python3 (no set-up step): only torch and this package;
@@ -41,7 +52,7 @@ from torch.nn import attention as nn_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sparse_transformer.attention import attend, layer_heads  # noqa: E402
+from sparse_transformer.attention import backends, layer_heads  # noqa: E402
 from sparse_transformer.attention.backends import flex  # noqa: E402
 from sparse_transformer.attention.patterns import attended_pairs  # noqa: E402
 
@@ -136,6 +147,7 @@ class Env:
     min_s: float = 0.5
     max_rep: int = 100
     timer: Callable | None = None
+    graphs: bool = True  # also time each arm replayed from a CUDA graph (GPU only)
 
     @property
     def cuda(self) -> bool:
@@ -208,6 +220,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--qk-dim", type=int, default=None, help="head dim of q and k (default: the head dim of v)")
     ap.add_argument("--long", action="store_true", help="also one layer at n = 262,144 and 1,048,576")
     ap.add_argument("--variants", action="store_true", help="flex with other kernel options, local and strided at n = 16k")
+    ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph timings (eager timings only)")
     args = ap.parse_args(argv)
     if args.lengths is None:
         args.lengths = [4096, 16384] if args.quick else [4096, 16384, 65536]
@@ -243,10 +256,35 @@ def heads_for(pattern: str, shape: Shape) -> tuple:
     return layer_heads(pattern, shape.heads, l, summary=SUMMARY, summary_heads=min(4, l // SUMMARY), integration="merged")
 
 
-def _attend_fn(backend: str, kernel_options: dict | None):
+def _attend_fn(backend: str, kernel_options: dict | None, heads: tuple, shape: Shape, device) -> Callable:
+    """attend(q, k, v) of one arm as the layer calls it (attention/layer.py): prepared once for this
+    length, so the timed calls pay what a training step pays, not the planning."""
+    scale = shape.qk_dim ** -0.5
     if kernel_options is not None:  # flex with explicit kernel options (--variants)
-        return lambda q, k, v, heads: flex.attend(q, k, v, heads, q.shape[-1] ** -0.5, kernel_options=kernel_options)
-    return lambda q, k, v, heads: attend(q, k, v, heads, backend=backend)
+        return lambda q, k, v: flex.attend(q, k, v, heads, scale, kernel_options=kernel_options)
+    fn, state = backends.prepare(heads, shape.n, torch.device(device), backend, (shape.qk_dim, shape.head_dim))
+    if state is None:
+        return lambda q, k, v: fn(q, k, v, heads, scale)
+    return lambda q, k, v: fn(q, k, v, heads, scale, prepared=state)
+
+
+def graph_times(fn, env: Env) -> list[float]:
+    """Milliseconds of replays of fn captured in a CUDA graph (warmed up on a side stream first, as
+    capture needs); the graph and its memory pool are freed before returning."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    try:
+        return env.times(graph.replay)
+    finally:
+        del graph
+        env.free()
 
 
 def _sdpa_context(kernel: str | None):
@@ -270,8 +308,10 @@ def base_record(shape: Shape, pattern: str, backend: str, *, sdpa_kernel=None, k
 
 
 def measured_record(base: dict, *, fwd: list[float], fwdbwd: list[float], pairs: int, tiles: int | None,
-                    peak_gb: float | None, recompiles: int, setup_s: float, chosen: str | None = None) -> dict:
-    """A record from raw timings (ms) and counts."""
+                    peak_gb: float | None, recompiles: int, setup_s: float, chosen: str | None = None,
+                    graph: dict | None = None) -> dict:
+    """A record from raw timings (ms) and counts; ``graph``: fwd and fwdbwd timings of CUDA-graph
+    replays, or an error (absent: not timed)."""
     B, dqk, dv = base["batch"], base["qk_dim"], base["head_dim"]
     flops = 2 * pairs * (dqk + dv) * B  # QK^T and PV, 2 flops per multiply-add
     fwd_ms, fb_ms = statistics.median(fwd), statistics.median(fwdbwd)
@@ -282,7 +322,14 @@ def measured_record(base: dict, *, fwd: list[float], fwdbwd: list[float], pairs:
         pairs=pairs, flop_ratio=round(tiles * flex.TILE**2 / pairs, 3) if tiles else None,
         peak_mem_gb=None if peak_gb is None else round(peak_gb, 3), recompiles_in_timed_steps=int(recompiles),
         setup_s=round(setup_s, 1), sdpa_chosen=chosen if base["backend"] == "sdpa" else None,
+        **_graph_fields(graph),
     )
+
+
+def _graph_fields(graph: dict | None) -> dict:
+    g = graph or {}
+    out = {f"{k}_graph_ms": round(statistics.median(g[k]), 4) if g.get(k) else None for k in ("fwd", "fwdbwd")}
+    return {**out, "graph_error": g["error"]} if g.get("error") else out
 
 
 def measure(shape: Shape, pattern: str, backend: str, env: Env, *, sdpa_kernel=None, kernel_options=None,
@@ -291,7 +338,7 @@ def measure(shape: Shape, pattern: str, backend: str, env: Env, *, sdpa_kernel=N
     from torch._dynamo.utils import counters
 
     heads = heads_for(pattern, shape)
-    fn = _attend_fn(backend, kernel_options)
+    fn = _attend_fn(backend, kernel_options, heads, shape, env.device)
     B, n, H, dtype = shape.batch, shape.n, shape.heads, DTYPES[shape.dtype]
     torch.manual_seed(0)  # the same inputs for every arm of a shape (outputs are compared)
     q, k, v = (torch.randn(B, n, H, d, device=env.device, dtype=dtype, requires_grad=True)
@@ -299,7 +346,7 @@ def measure(shape: Shape, pattern: str, backend: str, env: Env, *, sdpa_kernel=N
     gout = torch.randn(B, n, H, shape.head_dim, device=env.device, dtype=dtype).transpose(1, 2)
 
     def call():  # the model's layout (layer.split_heads): (B, H, n, d) views of (B, n, H, d)
-        return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), heads)
+        return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
     def fwd():
         with torch.no_grad():
@@ -322,10 +369,17 @@ def measure(shape: Shape, pattern: str, backend: str, env: Env, *, sdpa_kernel=N
     fwdbwd_t = env.times(fwdbwd)
     peak = env.peak_gb(baseline)
     recompiles = counters["stats"]["unique_graphs"] - graphs
+    graph = None
+    if env.cuda and env.graphs and env.timer is None:
+        try:
+            graph = dict(fwd=graph_times(fwd, env), fwdbwd=graph_times(fwdbwd, env))
+        except Exception as e:  # noqa: BLE001  (an arm that cannot be captured still has its eager timings)
+            graph = dict(error=_error_text(e))
+            env.free(collect=True)
     tiles = flex.computed_tiles(heads, n) if backend == "flex" else None  # flop_ratio: flex's plans only
     base = base_record(shape, pattern, backend, sdpa_kernel=sdpa_kernel, kernel_options=kernel_options, variant=variant)
     rec = measured_record(base, fwd=fwd_t, fwdbwd=fwdbwd_t, pairs=attended_pairs(heads, n), tiles=tiles, peak_gb=peak,
-                          recompiles=recompiles, setup_s=setup_s, chosen=chosen)
+                          recompiles=recompiles, setup_s=setup_s, chosen=chosen, graph=graph)
     return rec, out
 
 
@@ -350,10 +404,11 @@ def run_arm(shape, pattern, backend, env, **kw) -> tuple[dict, torch.Tensor | No
     return rec, out
 
 
-def fastest(dense: list[dict]) -> dict | None:
-    """The dense record fastest in fwd+bwd (the first of equals), None if every kernel failed."""
-    ok = [r for r in dense if "error" not in r]
-    return min(ok, key=lambda r: r["fwdbwd_ms"]) if ok else None
+def fastest(dense: list[dict], key: str = "fwdbwd_ms") -> dict | None:
+    """The dense record fastest in fwd+bwd by ``key`` (the first of equals), None if every kernel
+    failed or none has that timing."""
+    ok = [r for r in dense if "error" not in r and r.get(key) is not None]
+    return min(ok, key=lambda r: r[key]) if ok else None
 
 
 def target_for(r: dict) -> float | None:
@@ -362,16 +417,22 @@ def target_for(r: dict) -> float | None:
     return TARGETS.get(r["n"], {}).get(r["pattern"])
 
 
-def with_baseline(r: dict, best: dict | None) -> dict:
-    """r with its speed-ups against the fastest dense kernel `best` and the issue's target."""
+def with_baseline(r: dict, best: dict | None, best_graph: dict | None = None) -> dict:
+    """r with its speed-ups against the fastest dense kernel `best` (eager) and `best_graph` (fastest
+    in CUDA-graph replay), and the issue's target for each."""
     ok = best is not None and "error" not in r
     speedup = round(best["fwdbwd_ms"] / r["fwdbwd_ms"], 2) if ok else None
+    ok_graph = best_graph is not None and r.get("fwdbwd_graph_ms")
+    speedup_graph = round(best_graph["fwdbwd_graph_ms"] / r["fwdbwd_graph_ms"], 2) if ok_graph else None
     target = target_for(r)
     return dict(
         r, dense_kernel=best and best["sdpa_kernel"], dense_fwdbwd_ms=best and best["fwdbwd_ms"],
         speedup_vs_dense=speedup, fwd_speedup_vs_dense=round(best["fwd_ms"] / r["fwd_ms"], 2) if ok else None,
         ideal_speedup=round(best["pairs"] / r["pairs"], 2) if ok else None, target_speedup=target,
         meets_target=None if target is None or speedup is None else speedup >= target,
+        dense_kernel_graph=best_graph and best_graph["sdpa_kernel"],
+        dense_fwdbwd_graph_ms=best_graph and best_graph["fwdbwd_graph_ms"], speedup_vs_dense_graph=speedup_graph,
+        meets_target_graph=None if target is None or speedup_graph is None else speedup_graph >= target,
     )
 
 
@@ -397,16 +458,16 @@ def bench_shape(shape: Shape, arms: list[tuple], env: Env, meta: dict, *, dense:
                 del out  # kept only as a reference (in refs)
                 show(_row(new_dense[-1]))
         dense = new_dense
-    best = fastest(dense)
+    best, best_graph = fastest(dense), fastest(dense, "fwdbwd_graph_ms")
     sparse = []
     for pattern, backend, ko in arms:
         rec, out = run_arm(shape, pattern, backend, env, kernel_options=ko, variant=variant)
         sparse.append(_compared(rec, out, refs, backend))
         del out
-        show(_row(with_baseline(sparse[-1], best)))
+        show(_row(with_baseline(sparse[-1], best, best_graph)))
     refs.clear()
     env.free()
-    return [with_baseline({**r, **meta}, best) for r in new_dense + sparse]
+    return [with_baseline({**r, **meta}, best, best_graph) for r in new_dense + sparse]
 
 
 def _compared(rec, out, refs, name) -> dict:
@@ -440,8 +501,8 @@ def _arm_label(r: dict) -> str:
 
 
 HEADER = (f"{'dtype':8s} {'n':>8s} {'d qk/v':>7s} {'B':>3s} {'pattern':8s} {'backend':18s} {'fwd ms':>9s} "
-          f"{'fwd+bwd ms':>10s} {'(min-max)':>19s} {'vs dense':>17s} {'ideal':>7s} {'target':>6s} {'mem GB':>7s} "
-          f"{'max diff':>8s}")
+          f"{'fwd+bwd ms':>10s} {'(min-max)':>19s} {'vs dense':>17s} {'graph ms':>9s} {'vs dense':>17s} {'ideal':>7s} "
+          f"{'target':>6s} {'mem GB':>7s} {'max diff':>8s}")
 
 
 def _row(r: dict) -> str:
@@ -451,22 +512,27 @@ def _row(r: dict) -> str:
         return f"{head} error: {r['error'][:200]}"
     spread = f"({r['fwdbwd_min_ms']:.3f}-{r['fwdbwd_max_ms']:.3f})"
     vs = f"x{r['speedup_vs_dense']:.2f} {r['dense_kernel']}" if r.get("speedup_vs_dense") is not None else "-"
+    vs_graph = (f"x{r['speedup_vs_dense_graph']:.2f} {r['dense_kernel_graph']}"
+                if r.get("speedup_vs_dense_graph") is not None else "-")
     target = "-" if r.get("target_speedup") is None else f"{r['target_speedup']:g}" + ("" if r["meets_target"] else "!")
     extra = f"  {r['kernel_options']}" if r.get("variant") and r["backend"] == "flex" else ""
-    return (f"{head} {r['fwd_ms']:9.3f} {r['fwdbwd_ms']:10.3f} {spread:>19s} {vs:>17s} {_f(r.get('ideal_speedup'), '7.2f')} "
+    return (f"{head} {r['fwd_ms']:9.3f} {r['fwdbwd_ms']:10.3f} {spread:>19s} {vs:>17s} "
+            f"{_f(r.get('fwdbwd_graph_ms'), '9.3f')} {vs_graph:>17s} {_f(r.get('ideal_speedup'), '7.2f')} "
             f"{target:>6s} {_f(r['peak_mem_gb'], '7.2f')} {_f(r.get('max_abs_diff'), '8.4f')}{extra}")
 
 
 def table(records: list[dict]) -> str:
     """One row per (shape, pattern, backend; each dense kernel), vs dense = fwd+bwd speed-up against
-    the fastest dense kernel (named), ideal = the attended-pairs ratio, target ending in ! = missed."""
+    the fastest dense kernel (named), eager then in CUDA-graph replay; ideal = the attended-pairs
+    ratio, target ending in ! = missed (eager)."""
     return "\n".join([HEADER] + [_row(r) for r in records])
 
 
 def summary(records: list[dict]) -> str:
     """Speed-up vs the fastest dense kernel at n = 16384 and 65536, head dim 64, per backend: the
     issue's target table."""
-    lines = ["fwd+bwd speed-up vs the fastest dense kernel, head dim 64 (target in brackets, ! = missed)"]
+    lines = ["fwd+bwd speed-up vs the fastest dense kernel, head dim 64: eager / in CUDA-graph replay "
+             "(target in brackets, ! = missed)"]
     main = [r for r in records if not r.get("long") and not r.get("variant") and r["head_dim"] == 64]
     for dtype in dict.fromkeys(r["dtype"] for r in main):
         for n in TARGETS:
@@ -475,20 +541,24 @@ def summary(records: list[dict]) -> str:
                 continue
             best = next((r for r in here if r["backend"] == "sdpa" and r["sdpa_kernel"] == r["dense_kernel"]), None)
             dense = f"dense {_kernel_label(best)} {best['fwdbwd_ms']:.2f} ms" if best else "no dense kernel ran"
+            if here[0].get("dense_fwdbwd_graph_ms") is not None:
+                dense += f" / {here[0]['dense_kernel_graph']} {here[0]['dense_fwdbwd_graph_ms']:.2f} ms in a graph"
             lines.append(f"{dtype} n={n} d_qk={here[0]['qk_dim']}: {dense}")
             patterns = list(dict.fromkeys(r["pattern"] for r in here if r["backend"] != "sdpa"))
-            lines.append(f"  {'backend':10s}" + "".join(f"{p:>18s}" for p in patterns))
+            lines.append(f"  {'backend':10s}" + "".join(f"{p:>26s}" for p in patterns))
             for backend in dict.fromkeys(r["backend"] for r in here if r["backend"] != "sdpa"):
                 cells = []
                 for p in patterns:
                     r = next((r for r in here if r["backend"] == backend and r["pattern"] == p), None)
                     if r is None or "error" in r or r["speedup_vs_dense"] is None:
-                        cell = "-" if r is None else "error"
+                        cell = "-" if r is None else "error" + ("!" if r.get("target_speedup") else "")  # no result: a miss
                     else:
-                        cell = f"{r['speedup_vs_dense']:.2f}x"
+                        cell = f"{r['speedup_vs_dense']:.2f}x{'!' if r.get('meets_target') is False else ''}"
+                        if r.get("speedup_vs_dense_graph") is not None:
+                            cell += f" / {r['speedup_vs_dense_graph']:.2f}x{'!' if r.get('meets_target_graph') is False else ''}"
                     if r is not None and r.get("target_speedup") is not None:
-                        cell += f" (>={r['target_speedup']:g}{'' if r['meets_target'] else ' !'})"
-                    cells.append(f"{cell:>18s}")
+                        cell += f" (>={r['target_speedup']:g})"
+                    cells.append(f"{cell:>26s}")
                 lines.append(f"  {backend:10s}" + "".join(cells))
     return "\n".join(lines)
 

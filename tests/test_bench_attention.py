@@ -2,6 +2,7 @@
 table, summary and plot, and the whole bench at a tiny size with a fake timer (CUDA timing and the
 flex and triton kernels need the GPU machine)."""
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -86,6 +87,27 @@ def test_the_fastest_dense_kernel_is_the_baseline(bench):
     assert bench.fastest([dense[1]]) is None
     none = bench.with_baseline(_rec(bench, "local", "flex", 2.0), None)
     assert none["dense_kernel"] is None and none["speedup_vs_dense"] is None
+    assert none["speedup_vs_dense_graph"] is None and none["meets_target_graph"] is None
+
+
+def test_the_graph_timings_have_their_own_fastest_dense_kernel(bench):
+    """In CUDA-graph replay the fastest dense kernel may be another one; each speed-up is against the
+    fastest timed the same way, and a record without graph timings has no graph speed-up."""
+    dense = [_rec(bench, "dense", "sdpa", 36.0, "default", fwdbwd_graph_ms=35.0),
+             _rec(bench, "dense", "sdpa", 30.0, "flash", fwdbwd_graph_ms=32.0),
+             _rec(bench, "dense", "sdpa", 40.0, "efficient", fwdbwd_graph_ms=None)]
+    best, best_graph = bench.fastest(dense), bench.fastest(dense, "fwdbwd_graph_ms")
+    assert best["sdpa_kernel"] == "flash" and best_graph["sdpa_kernel"] == "flash"
+    dense[0]["fwdbwd_graph_ms"] = 20.0
+    best_graph = bench.fastest(dense, "fwdbwd_graph_ms")
+    assert best_graph["sdpa_kernel"] == "default"
+    local = bench.with_baseline(_rec(bench, "local", "triton", 2.0, fwdbwd_graph_ms=0.8), best, best_graph)
+    assert (local["speedup_vs_dense"], local["meets_target"]) == (15.0, False)
+    assert (local["dense_kernel_graph"], local["dense_fwdbwd_graph_ms"], local["speedup_vs_dense_graph"]) == ("default", 20.0, 25.0)
+    assert local["meets_target_graph"] is True
+    eager_only = bench.with_baseline(_rec(bench, "local", "triton", 2.0), best, best_graph)
+    assert eager_only["speedup_vs_dense_graph"] is None and eager_only["meets_target_graph"] is None
+    assert bench.fastest([dense[2]], "fwdbwd_graph_ms") is None
 
 
 def test_measured_record_counts_both_head_dims(bench):
@@ -96,27 +118,41 @@ def test_measured_record_counts_both_head_dims(bench):
     flops = 2 * 10**9 * (32 + 64) * 2
     assert r["fwd_tflops"] == round(flops / 2e-3 / 1e12, 2) and r["useful_tflops"] == round(3.5 * flops / 3.5e-3 / 1e12, 2)
     assert r["dtype"] == "float16" and r["flop_ratio"] is None and r["kernel_options"] is None and r["sdpa_chosen"] is None
+    assert (r["fwd_graph_ms"], r["fwdbwd_graph_ms"]) == (None, None) and "graph_error" not in r
+    g = bench.measured_record(base, fwd=[1.0], fwdbwd=[4.0], pairs=1, tiles=None, peak_gb=None, recompiles=0, setup_s=0.0,
+                              graph=dict(fwd=[0.5, 0.7, 0.6], fwdbwd=[2.0, 1.0]))
+    assert (g["fwd_graph_ms"], g["fwdbwd_graph_ms"]) == (0.6, 1.5)
+    e = bench.measured_record(base, fwd=[1.0], fwdbwd=[4.0], pairs=1, tiles=None, peak_gb=None, recompiles=0, setup_s=0.0,
+                              graph=dict(error="RuntimeError: capture failed"))
+    assert e["fwdbwd_graph_ms"] is None and e["graph_error"] == "RuntimeError: capture failed" and e["fwdbwd_ms"] == 4.0
     assert bench.base_record(bench.Shape(4096, 2, 16, 64, 64, "bf16"), "local", "flex")["kernel_options"] == "default"
 
 
 def test_each_arm_gets_the_models_layout(bench, monkeypatch):
     """q, k, v are (B, H, n, d) views of contiguous (B, n, H, d) leaves, d_qk != d_v allowed; the
-    upstream gradient is a view of the same kind."""
-    seen = {}
+    upstream gradient is a view of the same kind. Attention is prepared once per arm, as the layer
+    does, and every call passes the prepared state."""
+    seen, prepared = {}, []
 
-    def spy(q, k, v, heads, backend):
+    def prepare(heads, n, device, backend, dims):
+        prepared.append((n, str(device), backend, dims))
+        return spy, "the-state"
+
+    def spy(q, k, v, heads, scale, prepared=None):
+        assert prepared == "the-state" and scale == 16 ** -0.5
         seen.update(shapes=[tuple(x.shape) for x in (q, k, v)], views=[x.transpose(1, 2).is_contiguous() for x in (q, k, v)],
-                    contiguous=[x.is_contiguous() for x in (q, k, v)], backend=backend)
+                    contiguous=[x.is_contiguous() for x in (q, k, v)], calls=seen.get("calls", 0) + 1)
         s = (q @ k.transpose(-1, -2)).float().masked_fill(torch.ones(q.shape[2], q.shape[2], dtype=torch.bool).triu(1), -1e9)
         out = s.softmax(-1).to(v.dtype) @ v
         if out.requires_grad:  # not in the no_grad forward
             out.register_hook(lambda g: seen.update(grad_view=g.transpose(1, 2).is_contiguous()))
         return out
 
-    monkeypatch.setattr(bench, "attend", spy)
+    monkeypatch.setattr(bench.backends, "prepare", prepare)
     env = bench.Env(device="cpu", timer=lambda fn: [fn(), 1.0][1:])
     rec, out = bench.measure(bench.Shape(64, 2, 4, 32, 16, "bf16"), "local", "mine", env)
-    assert seen["shapes"] == [(2, 4, 64, 16), (2, 4, 64, 16), (2, 4, 64, 32)] and seen["backend"] == "mine"
+    assert prepared == [(64, "cpu", "mine", (16, 32))] and seen["calls"] > 3
+    assert seen["shapes"] == [(2, 4, 64, 16), (2, 4, 64, 16), (2, 4, 64, 32)]
     assert seen["views"] == [True] * 3 and seen["contiguous"] == [False] * 3 and seen["grad_view"]
     assert out.shape == (2, 4, 64, 32) and rec["fwdbwd_ms"] == 1.0 and rec["qk_dim"] == 16 and rec["peak_mem_gb"] is None
 
@@ -244,9 +280,9 @@ def test_table_and_summary(bench):
     assert any("error: KeyError: no kernel" in row for row in table)
     s = bench.summary(recs)
     assert s.count("n=16384 d_qk=64: dense flash 81.92 ms") == 2 and s.count("n=65536 d_qk=64: dense cudnn 327.68 ms") == 2
-    assert "9.10x (>=20 !)" in s and "27.30x (>=20)" in s and "1.90x (>=2.5 !)" in s
+    assert "9.10x! (>=20)" in s and "27.30x (>=20)" in s and "1.90x! (>=2.5)" in s
     row = next(line for line in s.splitlines() if line.strip().startswith("triton"))
-    assert "error (>=2.5 !)" in row  # no result is a miss
+    assert "error! (>=2.5)" in row  # no result is a miss
 
 
 def test_short_calls_get_more_reps(bench):
@@ -281,3 +317,31 @@ def test_cuda_timing_and_memory_calls(bench, monkeypatch):
     assert base == 2**30 and calls == ["sync", "reset"] and env.peak_gb(base) == 2.0
     env.free(collect=True)
     assert calls[-1] == "empty"
+
+
+def test_graph_timing_captures_after_a_side_stream_warm_up(bench, monkeypatch):
+    """graph_times with a stand-in torch.cuda: two warm-up calls on a side stream, one captured call,
+    then only replays are timed (the function is not called again), and the graph's memory is freed."""
+    calls = []
+
+    class Stream:
+        def wait_stream(self, other):
+            calls.append("wait")
+
+    class Graph:
+        def replay(self):
+            calls.append("replay")
+
+    @contextlib.contextmanager
+    def ctx(name):
+        calls.append(f"enter {name}")
+        yield
+        calls.append(f"exit {name}")
+
+    for name, fn in (("Stream", Stream), ("current_stream", Stream), ("stream", lambda s: ctx("stream")),
+                     ("CUDAGraph", Graph), ("graph", lambda g: ctx("graph")), ("empty_cache", lambda: calls.append("empty"))):
+        monkeypatch.setattr(torch.cuda, name, fn)
+    env = bench.Env(timer=lambda fn: [fn(), fn(), 0.25][2:])
+    assert bench.graph_times(lambda: calls.append("fn"), env) == [0.25]
+    assert calls == ["wait", "enter stream", "fn", "fn", "exit stream", "wait", "enter graph", "fn", "exit graph",
+                     "replay", "replay", "empty"]
