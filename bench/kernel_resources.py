@@ -15,7 +15,8 @@ The row-tile, key-tile and persistent seq kernels are compiled for both of their
 whose RS = P = 1 are constants, and a stride pass). On sm_90 ptxas also says whether it serialises the kernel's
 wgmma instructions (its C7515 note: each MMA step waited for before the next issues), as it did the
 band forward until its loop was known to run at least once.
-Writes ``kernel-resources-sm<arch>.json`` under ``--out`` and prints a table.
+Writes ``kernel-resources-sm<arch>.json`` (``-full-tiles`` with ``--full-tiles``) under ``--out`` and
+prints a table.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ POINTERS = {"Q", "K", "V", "O", "LSE", "DO", "DQ", "DELTA", "DK", "DV_"}
 FLOATS = {"scale_log2e", "scale"}
 
 
-def kernel_table(K) -> dict:
-    """name: (jit function, the constexpr flags of its first pass, which candidate list it takes)."""
+def kernel_table(K, full_tiles: bool = False) -> dict:
+    """name: (jit function, the constexpr flags of its first pass, which candidate list it takes);
+    ``full_tiles``: the row-tile and key-tile seq kernels that skip the mask on full tiles."""
     first_fwd, first_bwd = dict(EXCL=0, MERGE=False), dict(EXCL=0, ACCUM=False)
+    full = dict(FULL=full_tiles)
     return {
-        "seq_fwd": (K._seq_fwd, first_fwd, "fwd"), "seq_dq": (K._seq_bwd_dq, first_bwd, "bwd"),
-        "seq_dkdv": (K._seq_bwd_dkdv, first_bwd, "bwd"), "seq_short": (K._seq_bwd_short, first_bwd, "short"),
+        "seq_fwd": (K._seq_fwd, {**first_fwd, **full}, "fwd"), "seq_dq": (K._seq_bwd_dq, {**first_bwd, **full}, "bwd"),
+        "seq_dkdv": (K._seq_bwd_dkdv, {**first_bwd, **full}, "bwd"), "seq_short": (K._seq_bwd_short, first_bwd, "short"),
         "seq_fwd_short": (K._seq_fwd_short, first_fwd, "short"),
         "band_bwd": (K._band_bwd, {}, "band"),
         "persistent_fwd": (K._persistent_fwd, first_fwd, "persistent_fwd"),
@@ -162,6 +165,8 @@ def parse_args(argv=None):
     ap.add_argument("--dims", default="64,32", help="head dims d (d_qk = d_v), comma-separated; 64/128 for d_qk 64, d_v 128")
     ap.add_argument("--configs", default="tuned", help="candidate sets of the backend (its CONFIG_SETS), comma-separated")
     ap.add_argument("--kernels", default="all", help="comma-separated kernel names, or all")
+    ap.add_argument("--full-tiles", action="store_true",
+                    help="the seq kernels' variant that skips the mask on full tiles (SPARSE_TRANSFORMER_TRITON_FULL_TILES=1)")
     ap.add_argument("--out", default="bench/results")
     return ap.parse_args(argv)
 
@@ -172,7 +177,7 @@ def main(argv=None):
     from sparse_transformer.attention.backends import _triton_kernels as K
     from sparse_transformer.attention.backends import triton as tb
 
-    table = kernel_table(K)
+    table = kernel_table(K, args.full_tiles)
     names = list(table) if args.kernels == "all" else [k.strip() for k in args.kernels.split(",")]
     unknown = [k for k in names if k not in table]
     if unknown:
@@ -205,8 +210,8 @@ def main(argv=None):
 
     from sparse_transformer import files
 
-    path = Path(args.out) / f"kernel-resources-sm{args.arch}.json"
-    files.write_json(path, dict(arch=args.arch, triton=triton.__version__, configs=sets, rows=rows))
+    path = Path(args.out) / f"kernel-resources-sm{args.arch}{'-full-tiles' if args.full_tiles else ''}.json"
+    files.write_json(path, dict(arch=args.arch, triton=triton.__version__, configs=sets, full_tiles=args.full_tiles, rows=rows))
     print(f"wrote {path}")
 
 

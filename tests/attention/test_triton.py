@@ -92,6 +92,22 @@ def test_kernels_fp16_and_square_tiles(case, tiles):
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
+def test_full_tiles_skip_the_mask_only_where_every_key_is_allowed(tiles, monkeypatch):
+    """FULL_ENV=1 (opt-in): the row-tile and key-tile kernels skip the mask on tile pairs every row
+    wholly attends. At the edges of that test: a band of l = 47 (a row tile 32 rows after a key tile
+    reaches exactly l back: masked), the band's interior (l = 40) and a stride pass's tiles below its
+    diagonal, a column pass that skips 2 and 3 diagonals (EXCL 2, 3: the tile just below the
+    diagonal is not full), forward and backward."""
+    tiles(16, 16)
+    monkeypatch.setenv(tb.SHORT_ROWS_ENV, "0")
+    monkeypatch.setenv(tb.FULL_ENV, "1")
+    for pattern, l in (("local", 47), ("local", 40), ("stride", 4), ((Part("local", 8), Part("stride", 4)), 4),
+                       ((Part("local", 12), Part("stride", 4)), 4)):
+        heads = layer_heads(pattern, 1, l, integration="merged") if isinstance(pattern, str) else (pattern,)
+        assert max(_errors(heads, 80, torch.float32, 16, 16, seed=l)) < 1e-5, pattern
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
 @pytest.mark.parametrize("kernels", ["one-program", "row-and-key-tiles", "persistent", "persistent-bwd"])
 def test_stride_longer_than_one_tile_and_wide_band(tiles, kernels, monkeypatch):
     """Residue sequences of several tiles (n/l = 20 rows with 16-row tiles) and a band of several

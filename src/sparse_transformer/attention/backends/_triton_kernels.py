@@ -24,8 +24,10 @@ each recompute it. The band's backward can run the same way (``_band_bwd``, opt-
 H200, see triton.py). Flat loops over several tiles (or residues) per program were tried for the
 local band and the short stride passes and measured slower than the seq kernels on an H200
 (bench/results/tune-h200-flat.json): they held q, dO and the restarted accumulators in registers
-(248-255 a thread, two programs an SM). The persistent seq kernels (``_persistent_*``, opt-in
-until timed) load every operand through the pipeline instead and restart by selects the MMAs absorb.
+(248-255 a thread, two programs an SM). The persistent seq kernels (``_persistent_*``, opt-in:
+slower on an H200) load every operand through the pipeline instead and restart by selects the MMAs
+absorb. With ``FULL`` (opt-in until timed) the row-tile and key-tile seq kernels branch around the
+mask on tile pairs that every row wholly attends (``_tile_full``).
 
 Rows without any key (a summary-only head's first cells, a stride pass's first row) give o = 0,
 lse = -inf and zero gradients. No atomics: the backward is deterministic.
@@ -72,15 +74,18 @@ def _seq_at(t0, r, RS, len_r, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE: tl.constexpr, MASKED: tl.constexpr = True):
+def _softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2e, IEEE: tl.constexpr, MASKED: tl.constexpr = True,
+                  full=False):
     """One key tile of the online softmax (base 2, fp32). A row with no allowed key so far keeps
     m = -inf and l = 0 (its shift is 0, so no inf - inf). The scale is applied to the row max and
     inside the exponent (one FMA an element, not a multiply and a subtract), and a tile whose every
-    key is allowed (``MASKED`` false) skips the select: the loop is bound by these per-element
-    instructions (exp2 and FP32 ops), not by its two matmuls, at d 64 and below."""
+    key is allowed (``MASKED`` false, or a run-time ``full``: a branch around the select, which the
+    compiler then also skips the mask's arithmetic for) skips the select: the loop is bound by these
+    per-element instructions (exp2 and FP32 ops), not by its two matmuls, at d 64 and below."""
     qk = _dot(q, tl.trans(k), IEEE)
     if MASKED:
-        qk = tl.where(allowed, qk, float("-inf"))
+        if not full:
+            qk = tl.where(allowed, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1) * scale_log2e)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
@@ -146,26 +151,29 @@ def _dq_rows(Q, DO, O, LSE, DELTA, qb, dob, ob, pos, sqn, sdon, son, row, valid,
 
 
 @triton.jit
-def _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, acc, IEEE: tl.constexpr, MASKED: tl.constexpr = True):
+def _dq_step(q, do, k, v, allowed, lse2, delta, scale_log2e, acc, IEEE: tl.constexpr, MASKED: tl.constexpr = True,
+             full=False):
     """acc + the dq contribution (unscaled) of one key tile: dS·K with dS = P ∘ (dO·Vᵀ − Δ). Without ``MASKED``
-    every key must be allowed for every row that is stored (a zero-loaded key row adds dS·0)."""
+    (or with ``full``) every key must be allowed for every row that is stored (a zero-loaded key row adds dS·0)."""
     p = tl.exp2(_dot(q, tl.trans(k), IEEE) * scale_log2e - lse2[:, None])
     if MASKED:
-        p = tl.where(allowed, p, 0.0)
+        if not full:
+            p = tl.where(allowed, p, 0.0)
     ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
     return _dot(ds.to(k.dtype), k, IEEE, acc)
 
 
 @triton.jit
 def _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE: tl.constexpr,
-               MASKED: tl.constexpr = True):
+               MASKED: tl.constexpr = True, full=False):
     """(dk unscaled, dv) plus the contributions of one query tile to a key tile, in transposed form.
-    Without ``MASKED`` every query row must be allowed or zero-loaded (q = dO = 0, lse = Δ = 0 adds
-    0). The dv MMA is issued after dO·Vᵀ is waited for: issued before, that wait (for every MMA in
+    Without ``MASKED`` (or with ``full``) every query row must be allowed or zero-loaded (q = dO = 0,
+    lse = Δ = 0 adds 0). The dv MMA is issued after dO·Vᵀ is waited for: issued before, that wait (for every MMA in
     flight) would hold it too (15-20% slower on an H200)."""
     p_t = tl.exp2(_dot(k, tl.trans(q), IEEE) * scale_log2e - lse2[None, :])
     if MASKED:
-        p_t = tl.where(allowed_t, p_t, 0.0)
+        if not full:
+            p_t = tl.where(allowed_t, p_t, 0.0)
     ds_t = p_t * (_dot(v, tl.trans(do), IEEE) - delta[None, :])
     return _dot(ds_t.to(q.dtype), q, IEEE, dk), _dot(p_t.to(do.dtype), do, IEEE, dv)
 
@@ -205,6 +213,15 @@ def _seq_allowed(t, tk, W, EXCL: tl.constexpr, TRANS: tl.constexpr = False):
 
 
 @triton.jit
+def _tile_full(t0, s0, W, EXCL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Whether every key of the key tile at s0 is allowed for every row of the row tile at t0 (the
+    mask of _seq_allowed can be skipped): the last key is at least EXCL before the first row, and
+    the first key within W of the last row. Rows beyond the problem are not stored or add zero; keys
+    of a full tile are all before a row inside it, so inside the problem."""
+    return (t0 - EXCL - s0 - BN + 1 >= 0) & (t0 + BM - 1 - s0 < W)
+
+
+@triton.jit
 def _tile_range(x0, W, len_r, EXCL: tl.constexpr, KEYS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """(lo, hi): the key tiles lo, lo + BN, ... < hi that a row tile at x0 takes, or (``KEYS``) the
     row tiles lo, lo + BM, ... < hi by which a key tile at x0 is attended."""
@@ -234,7 +251,8 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
              sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sob, son, soh,
              n, H, Hg, RS, P, W, scale_log2e,
              EXCL: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr,
-             DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+             DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, FULL: tl.constexpr):
+    """o, lse for a tile of rows; ``FULL``: key tiles every row may wholly attend skip the mask."""
     tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM, H0)
     t0 = tile * BM
     if t0 >= len_r:
@@ -251,7 +269,10 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     for s0 in range(lo, hi, BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
-        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE)
+        full = False
+        if FULL:
+            full = _tile_full(t0, s0, W, EXCL, BM, BN)
+        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE, True, full)
     _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV, MERGE)
 
 
@@ -291,7 +312,7 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
                 sdqb, sdqn, sdqh,
                 n, H, Hg, RS, P, W, scale_log2e, scale,
                 EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
-                DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, FULL: tl.constexpr):
     """dq for a tile of rows; the first pass also computes and stores Δ = rowsum(dO·O)."""
     tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BM, H0)
     t0 = tile * BM
@@ -306,7 +327,10 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     for s0 in range(lo, hi, BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
-        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, W, EXCL), lse2, delta, scale_log2e, acc, IEEE)
+        full = False
+        if FULL:
+            full = _tile_full(t0, s0, W, EXCL, BM, BN)
+        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, W, EXCL), lse2, delta, scale_log2e, acc, IEEE, True, full)
     _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid, ACCUM)
 
 
@@ -316,7 +340,7 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
                   sdkb, sdkn, sdkh, sdvb, sdvn, sdvh,
                   n, H, Hg, RS, P, W, scale_log2e, scale,
                   EXCL: tl.constexpr, ACCUM: tl.constexpr, IEEE: tl.constexpr,
-                  DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                  DQK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, FULL: tl.constexpr):
     """dk, dv for a tile of keys, over the query rows that may attend them."""
     tile, b, h, r, len_r = _seq_problem(tl.program_id(0), n, Hg, RS, P, BN, H0)
     s0 = tile * BN
@@ -335,7 +359,10 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
         allowed_t = _seq_allowed(t, tk, W, EXCL, True)
-        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE)
+        full = False
+        if FULL:
+            full = _tile_full(t0, s0, W, EXCL, BM, BN)
+        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE, True, full)
     _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
     _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)
 

@@ -200,6 +200,12 @@ _BAND = [(8, 4, 1), (8, 8, 1), (4, 4, 1), (16, 4, 1), (8, 4, 2)]
 # pipelined loop (_triton_kernels.py). Candidates (BM, BN, warps, stages, OCC), OCC what fits an SM by the
 # registers and shared memory that bench/kernel_resources.py reports for sm_90 at d 64.
 PERSISTENT_ENV = "SPARSE_TRANSFORMER_TRITON_PERSISTENT"
+# SPARSE_TRANSFORMER_TRITON_FULL_TILES=1 (opt-in until timed on a GPU): the row-tile and key-tile seq
+# kernels branch around the mask on tile pairs that every row wholly attends (the band's interior,
+# every tile of a stride pass below its diagonal). Compiled for sm_90 (64x64, d 64) a full tile's
+# loop body is 345 SASS instructions instead of 436 (the mask's subtract, compare and select are
+# 109 of a masked tile's 454); registers go up in some dk/dv candidates (band 64x32: 128 -> 154).
+FULL_ENV = "SPARSE_TRANSFORMER_TRITON_FULL_TILES"
 # (d 32 fits more: OCC 4-5 where d 64 fits 2-3; 8 warps split a tile's columns over two warpgroups.)
 _PERSISTENT_FWD = [(64, 64, 4, 2, 3), (64, 64, 4, 3, 2), (64, 32, 4, 3, 3), (32, 64, 4, 3, 3), (64, 64, 4, 2, 2),
                    (64, 64, 4, 2, 5), (64, 64, 8, 2, 2), (128, 64, 8, 2, 1)]
@@ -263,9 +269,9 @@ def _kernels():
                                cache_results=True)(fn)
 
     return dict(
-        seq_fwd=tune(K._seq_fwd, fwd, seq_key + ["MERGE"], ("O", "LSE")),
-        seq_dq=tune(K._seq_bwd_dq, bwd, seq_key + ["ACCUM"], ("DQ",)),
-        seq_dkdv=tune(K._seq_bwd_dkdv, bwd, seq_key + ["ACCUM"], ("DK", "DV_")),
+        seq_fwd=tune(K._seq_fwd, fwd, seq_key + ["MERGE", "FULL"], ("O", "LSE")),
+        seq_dq=tune(K._seq_bwd_dq, bwd, seq_key + ["ACCUM", "FULL"], ("DQ",)),
+        seq_dkdv=tune(K._seq_bwd_dkdv, bwd, seq_key + ["ACCUM", "FULL"], ("DK", "DV_")),
         seq_fwd_short=tune(K._seq_fwd_short, short, seq_key + ["MERGE", "T"], ("O", "LSE")),
         band_bwd=tune(K._band_bwd, band, ["n", "H", "W", "DQK", "DV"]),
         persistent_fwd=tune(K._persistent_fwd, persistent["fwd"], seq_key + ["MERGE", "B"], ("O", "LSE")),
@@ -332,6 +338,12 @@ def _persistent(ieee: bool, direction: str) -> bool:
     PERSISTENT_ENV 1 for both, or fwd or bwd); not fp32 with IEEE dots on a GPU, where compiled for
     sm_90 they spill 0.5-5 KB a thread (as the one-program kernels do)."""
     return os.environ.get(PERSISTENT_ENV, "0") in ("1", direction) and (interpreting() or not ieee)
+
+
+def _full_tiles() -> bool:
+    """Whether the row-tile and key-tile seq kernels skip the mask on tiles every row wholly attends
+    (opt-in until timed: FULL_ENV=1)."""
+    return os.environ.get(FULL_ENV, "0") == "1"
 
 
 def _band_tile() -> int | None:
@@ -411,7 +423,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec_str: str, scale: float) -> tup
                 _launch_persistent("persistent_fwd", rows, q.device, q, k, v, o, lse, h0, *common, *ints, B,
                                    scale * LOG2E, **consts)
             else:
-                _launch("seq_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts)
+                _launch("seq_fwd", rows, q, k, v, o, lse, h0, *common, *ints, scale * LOG2E, **consts, FULL=_full_tiles())
     return o, lse
 
 
@@ -460,10 +472,11 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
                 _launch_persistent("persistent_dkdv", keys, q.device, q, k, v, do, dk, dv, lse, delta, h0, *qkv,
                                    *_strides(do), *_strides(dk), *_strides(dv), *ints, B, scale * LOG2E, scale, **consts)
                 continue
-            _launch("seq_dq", rows,
-                    q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq), *shape, **consts)
-            _launch("seq_dkdv", keys,
-                    q, k, v, do, dk, dv, lse, delta, h0, *qkv, *_strides(do), *_strides(dk), *_strides(dv), *shape, **consts)
+            full = _full_tiles()
+            _launch("seq_dq", rows, q, k, v, o, do, dq, lse, delta, h0, *qkv, *_strides(o), *_strides(do), *_strides(dq),
+                    *shape, **consts, FULL=full)
+            _launch("seq_dkdv", keys, q, k, v, do, dk, dv, lse, delta, h0, *qkv, *_strides(do), *_strides(dk),
+                    *_strides(dv), *shape, **consts, FULL=full)
     return dq, dk, dv
 
 
