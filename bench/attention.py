@@ -19,7 +19,8 @@ Each arm is timed two ways, both for every arm, dense included:
   inside whenever it exceeds the GPU's. The speed-up ``speedup_vs_dense`` is of these.
 - ``fwd_graph_ms``/``fwdbwd_graph_ms``: the same call captured in a CUDA graph and replayed, as the
   compiled model runs it (``model.compile_mode=cudagraphs``): GPU time only. ``speedup_vs_dense_graph``
-  is against the fastest dense kernel timed the same way. On an H200 a sparse layer's call costs
+  is against the fastest dense kernel timed the same way (of those that could be captured; a failed
+  capture is the record's ``graph_error``). On an H200 a sparse layer's call costs
   0.4-1.4 ms of host time, which at n = 16k is a fifth of its eager time.
 A sparse backend that is unknown or fails is an error record; the bench goes on.
 
@@ -261,11 +262,25 @@ def _attend_fn(backend: str, kernel_options: dict | None, heads: tuple, shape: S
     length, so the timed calls pay what a training step pays, not the planning."""
     scale = shape.qk_dim ** -0.5
     if kernel_options is not None:  # flex with explicit kernel options (--variants)
-        return lambda q, k, v: flex.attend(q, k, v, heads, scale, kernel_options=kernel_options)
+        state = flex.prepare(heads, shape.n, torch.device(device))
+        return lambda q, k, v: flex.attend(q, k, v, heads, scale, kernel_options=kernel_options, prepared=state)
     fn, state = backends.prepare(heads, shape.n, torch.device(device), backend, (shape.qk_dim, shape.head_dim))
     if state is None:
         return lambda q, k, v: fn(q, k, v, heads, scale)
     return lambda q, k, v: fn(q, k, v, heads, scale, prepared=state)
+
+
+def graph_timings(fwd, fwdbwd, env: Env) -> dict:
+    """{fwd, fwdbwd: CUDA-graph replay timings}; a direction that cannot be captured is left out and
+    its error kept (the arm still has its eager timings)."""
+    out = {}
+    for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
+        try:
+            out[name] = graph_times(fn, env)
+        except Exception as e:  # noqa: BLE001
+            out["error"] = f"{name}: {_error_text(e)}"
+            env.free(collect=True)
+    return out
 
 
 def graph_times(fn, env: Env) -> list[float]:
@@ -369,13 +384,7 @@ def measure(shape: Shape, pattern: str, backend: str, env: Env, *, sdpa_kernel=N
     fwdbwd_t = env.times(fwdbwd)
     peak = env.peak_gb(baseline)
     recompiles = counters["stats"]["unique_graphs"] - graphs
-    graph = None
-    if env.cuda and env.graphs and env.timer is None:
-        try:
-            graph = dict(fwd=graph_times(fwd, env), fwdbwd=graph_times(fwdbwd, env))
-        except Exception as e:  # noqa: BLE001  (an arm that cannot be captured still has its eager timings)
-            graph = dict(error=_error_text(e))
-            env.free(collect=True)
+    graph = graph_timings(fwd, fwdbwd, env) if env.cuda and env.graphs and env.timer is None else None
     tiles = flex.computed_tiles(heads, n) if backend == "flex" else None  # flop_ratio: flex's plans only
     base = base_record(shape, pattern, backend, sdpa_kernel=sdpa_kernel, kernel_options=kernel_options, variant=variant)
     rec = measured_record(base, fwd=fwd_t, fwdbwd=fwdbwd_t, pairs=attended_pairs(heads, n), tiles=tiles, peak_gb=peak,
@@ -541,8 +550,9 @@ def summary(records: list[dict]) -> str:
                 continue
             best = next((r for r in here if r["backend"] == "sdpa" and r["sdpa_kernel"] == r["dense_kernel"]), None)
             dense = f"dense {_kernel_label(best)} {best['fwdbwd_ms']:.2f} ms" if best else "no dense kernel ran"
-            if here[0].get("dense_fwdbwd_graph_ms") is not None:
-                dense += f" / {here[0]['dense_kernel_graph']} {here[0]['dense_fwdbwd_graph_ms']:.2f} ms in a graph"
+            graph_best = next((r for r in here if r["backend"] == "sdpa" and r["sdpa_kernel"] == r.get("dense_kernel_graph")), None)
+            if graph_best is not None:
+                dense += f" / {_kernel_label(graph_best)} {graph_best['fwdbwd_graph_ms']:.2f} ms in a graph"
             lines.append(f"{dtype} n={n} d_qk={here[0]['qk_dim']}: {dense}")
             patterns = list(dict.fromkeys(r["pattern"] for r in here if r["backend"] != "sdpa"))
             lines.append(f"  {'backend':10s}" + "".join(f"{p:>26s}" for p in patterns))
@@ -610,13 +620,14 @@ def plot(records: list[dict], path, dtype: str, head_dim: int = 64) -> list[str]
 
 
 # ------------------------------------------------------------------------------------------------
-def main(argv=None, *, env: Env | None = None, tokens: int = TOKENS, heads: int = HEADS) -> list[dict]:
-    """The bench; tests pass a CPU `env` and small `tokens`/`heads`."""
-    args = parse_args(argv)
-    if env is None:
-        if not torch.cuda.is_available():
-            raise SystemExit("bench/attention.py needs a CUDA GPU")
-        env = Env(rep=5, min_s=0.2) if args.quick else Env()
+def default_env(args) -> Env:
+    """The GPU's timing settings for these arguments (--quick: fewer repeats; --no-graphs)."""
+    return Env(rep=5, min_s=0.2, graphs=not args.no_graphs) if args.quick else Env(graphs=not args.no_graphs)
+
+
+def setup_torch(env: Env) -> None:
+    """TF32 matmuls as training sets them, and dynamo's recompile limits raised (every arm and
+    shape compiles flex anew)."""
     if env.cuda:
         torch.backends.cuda.matmul.allow_tf32 = True  # as training does (float32 matmul precision "high")
     from torch._dynamo import config as dynamo_config
@@ -624,6 +635,16 @@ def main(argv=None, *, env: Env | None = None, tokens: int = TOKENS, heads: int 
     for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
         if hasattr(dynamo_config, name):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), 1024))
+
+
+def main(argv=None, *, env: Env | None = None, tokens: int = TOKENS, heads: int = HEADS) -> list[dict]:
+    """The bench; tests pass a CPU `env` and small `tokens`/`heads`."""
+    args = parse_args(argv)
+    if env is None:
+        if not torch.cuda.is_available():
+            raise SystemExit("bench/attention.py needs a CUDA GPU")
+        env = default_env(args)
+    setup_torch(env)
     try:
         triton_version = __import__("triton").__version__
     except ImportError:

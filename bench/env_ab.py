@@ -1,7 +1,9 @@
 """A/B of one of the triton backend's environment switches (e.g. SPARSE_TRANSFORMER_TRITON_FULL_TILES,
-..._PERSISTENT) on bench/attention.py's arms, in one process: for each shape and pattern the values
-alternate round by round, so drift of the card (clocks, temperature) falls on both alike. The
-backend reads its switches at every call and autotunes each variant under its own key.
+..._PERSISTENT, ..._BAND, ..._SHORT_ROWS) on bench/attention.py's arms, in one process: for each shape
+and pattern the values alternate, in reverse order every other round (A B, B A, ...), so drift of the
+card (clocks, temperature) falls on all alike. The backend reads these switches at every call and
+autotunes each variant under its own key; SPARSE_TRANSFORMER_TRITON_CONFIGS is read once per process
+and cannot be A/B-timed here.
 
     PYTHONPATH=src python3 bench/env_ab.py --env SPARSE_TRANSFORMER_TRITON_FULL_TILES [--values 0,1] \
         [--shapes 16384:64,65536:64,16384:32] [--patterns local,stride,strided] [--rounds 2] [--tag full-tiles]
@@ -27,6 +29,7 @@ import attention as A  # noqa: E402  (bench/attention.py: shapes, arms, timing)
 import torch  # noqa: E402
 
 TIMINGS = ("fwd_ms", "fwdbwd_ms", "fwd_graph_ms", "fwdbwd_graph_ms")
+ONCE_PER_PROCESS = ("SPARSE_TRANSFORMER_TRITON_CONFIGS",)  # read when the kernels are first built
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [p for p in args.patterns if p not in A.PATTERNS]
     if bad or len(args.values) < 2 or args.rounds < 1:
         ap.error(f"--patterns from {', '.join(A.PATTERNS)}, at least two --values and one round")
+    if args.env in ONCE_PER_PROCESS:
+        ap.error(f"--env {args.env} is read once per process; time its values in separate runs of bench/attention.py")
     args.tag = args.tag or args.env.removeprefix("SPARSE_TRANSFORMER_TRITON_").lower().replace("_", "-")
     return args
 
@@ -78,6 +83,7 @@ def main(argv=None, *, env: A.Env | None = None, tokens: int = A.TOKENS, heads: 
         if not torch.cuda.is_available():
             raise SystemExit("bench/env_ab.py needs a CUDA GPU")
         env = A.Env()
+    A.setup_torch(env)
     old = os.environ.get(args.env)
     records, t0 = [], time.time()
     try:
@@ -86,15 +92,16 @@ def main(argv=None, *, env: A.Env | None = None, tokens: int = A.TOKENS, heads: 
             for pattern in args.patterns:
                 ref = None
                 for rnd in range(args.rounds):
-                    for v in args.values:
+                    for v in args.values if rnd % 2 == 0 else args.values[::-1]:
                         os.environ[args.env] = v
                         rec, out = A.run_arm(shape, pattern, args.backend, env)
                         rec.update(value=v, round=rnd)
-                        if out is not None:
+                        if out is not None:  # against the first value's output (the reference)
                             out = out.float()
-                            if ref is None:
+                            if ref is None and v == args.values[0]:
                                 ref = out
-                            rec["out_rel_diff"] = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+                            if ref is not None:
+                                rec["out_rel_diff"] = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
                         del out
                         records.append(rec)
                         print(n, d, pattern, f"{args.env}={v}", f"round {rnd}",

@@ -345,3 +345,22 @@ def test_graph_timing_captures_after_a_side_stream_warm_up(bench, monkeypatch):
     assert bench.graph_times(lambda: calls.append("fn"), env) == [0.25]
     assert calls == ["wait", "enter stream", "fn", "fn", "exit stream", "wait", "enter graph", "fn", "exit graph",
                      "replay", "replay", "empty"]
+
+
+def test_graph_timings_keep_what_could_be_captured_and_the_switch_turns_them_off(bench, monkeypatch):
+    def fake(fn, env):
+        if fn == "fb":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return [0.5, 0.7, 0.6]
+
+    monkeypatch.setattr(bench, "graph_times", fake)
+    env = bench.Env(device="cpu")
+    got = bench.graph_timings("f", "fb", env)
+    assert got["fwd"] == [0.5, 0.7, 0.6] and "fwdbwd" not in got
+    assert got["error"].startswith("fwdbwd: RuntimeError: operation not permitted")
+    fields = bench._graph_fields(got)
+    assert (fields["fwd_graph_ms"], fields["fwdbwd_graph_ms"]) == (0.6, None) and "fwdbwd" in fields["graph_error"]
+    assert bench.default_env(bench.parse_args([])).graphs is True
+    assert bench.default_env(bench.parse_args(["--no-graphs"])).graphs is False
+    quick = bench.default_env(bench.parse_args(["--quick", "--no-graphs"]))
+    assert (quick.rep, quick.graphs) == (5, False)

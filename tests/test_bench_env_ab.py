@@ -30,7 +30,8 @@ def test_arguments(ab):
     a = ab.parse_args(["--env", "SPARSE_TRANSFORMER_TRITON_FULL_TILES"])
     assert (a.values, a.shapes, a.patterns, a.rounds, a.tag) == (["0", "1"], [(16384, 64), (65536, 64), (16384, 32)],
                                                                  ["local", "stride", "strided"], 2, "full-tiles")
-    for bad in (["--env", "X", "--shapes", "16k"], ["--env", "X", "--patterns", "nope"], ["--env", "X", "--values", "1"], []):
+    for bad in (["--env", "X", "--shapes", "16k"], ["--env", "X", "--patterns", "nope"], ["--env", "X", "--values", "1"], [],
+                ["--env", "SPARSE_TRANSFORMER_TRITON_CONFIGS"]):
         with pytest.raises(SystemExit) as e:
             ab.parse_args(bad)
         assert e.value.code == 2
@@ -51,8 +52,8 @@ def test_values_alternate_and_the_switch_is_set_per_arm(ab, tmp_path, monkeypatc
     assert os.environ["AB_TEST_SWITCH"] == "before"
     recs = res["records"]
     assert [(r["pattern"], r["value"], r["round"]) for r in recs] == [
-        (p, v, r) for p in ("local", "stride") for r in (0, 1) for v in ("0", "2")]
-    assert order == [v for v in ("0", "2") for _ in range(2)] * 4  # fwd then fwd+bwd timed under each value
+        (p, v, r) for p in ("local", "stride") for r, vs in ((0, "02"), (1, "20")) for v in vs]  # A B, then B A
+    assert order == ["0", "0", "2", "2", "2", "2", "0", "0"] * 2  # fwd then fwd+bwd timed under each value
     assert all(r["out_rel_diff"] == 0.0 for r in recs)  # blocked does not read the switch: the same outputs
     rows = {r["pattern"]: r for r in res["summary"]}
     assert rows["local"]["fwd_ms[0]"] == 1.25 and rows["local"]["fwdbwd_ms[2]"] == 3.0

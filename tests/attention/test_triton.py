@@ -92,13 +92,14 @@ def test_kernels_fp16_and_square_tiles(case, tiles):
 
 
 @pytest.mark.skipif(DEV != "cpu", reason="interpreter sizes")
-def test_full_tiles_skip_the_mask_only_where_every_key_is_allowed(tiles, monkeypatch):
+@pytest.mark.parametrize("bm,bn", [(16, 16), (16, 32), (32, 16)])
+def test_full_tiles_skip_the_mask_only_where_every_key_is_allowed(bm, bn, tiles, monkeypatch):
     """FULL_ENV=1 (opt-in): the row-tile and key-tile kernels skip the mask on tile pairs every row
     wholly attends. At the edges of that test: a band of l = 47 (a row tile 32 rows after a key tile
     reaches exactly l back: masked), the band's interior (l = 40) and a stride pass's tiles below its
     diagonal, a column pass that skips 2 and 3 diagonals (EXCL 2, 3: the tile just below the
-    diagonal is not full), forward and backward."""
-    tiles(16, 16)
+    diagonal is not full), forward and backward; row and key tiles of the same and of different sizes."""
+    tiles(bm, bn)
     monkeypatch.setenv(tb.SHORT_ROWS_ENV, "0")
     monkeypatch.setenv(tb.FULL_ENV, "1")
     for pattern, l in (("local", 47), ("local", 40), ("stride", 4), ((Part("local", 8), Part("stride", 4)), 4),
@@ -323,14 +324,16 @@ def test_gpu_a_sequence_of_at_most_128_rows_runs_every_pass_as_one_program(dims,
 @pytest.mark.gpu
 @pytest.mark.slow
 @GPU_DTYPES
-@pytest.mark.parametrize("band", ["fused", "persistent"])
+@pytest.mark.parametrize("band", ["fused", "persistent", "full-tiles"])
 def test_gpu_band_backward_matches_the_reference(band, dims, dtype, tol, monkeypatch):
     """The band's opt-in kernels at l 40, 128, 129, 130 and as strided's band: its one-kernel backward
     (64-row tiles: l up to 129; l 130 takes the dq and dk/dv kernels), or the persistent forward, dq
     and dk/dv (every l, and stride passes of 375 and 187 rows; not fp32 with IEEE dots, which keeps
-    the row-tile and key-tile kernels)."""
-    monkeypatch.setenv(tb.BAND_ENV, "split" if band == "persistent" else band)
+    the row-tile and key-tile kernels); or the row-tile and key-tile kernels skipping the mask on full
+    tiles (opt-in FULL_ENV, compiled: a run-time branch around the select)."""
+    monkeypatch.setenv(tb.BAND_ENV, "fused" if band == "fused" else "split")
     monkeypatch.setenv(tb.PERSISTENT_ENV, "1" if band == "persistent" else "0")
+    monkeypatch.setenv(tb.FULL_ENV, "1" if band == "full-tiles" else "0")
     for pattern, l in (("local", 40), ("local", 128), ("local", 129), ("local", 130), ("strided", 128), ("stride", 4),
                        ("strided", 8)):
         heads = layer_heads(pattern, 4, l, integration="merged")
