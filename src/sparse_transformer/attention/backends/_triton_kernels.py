@@ -213,11 +213,14 @@ def _seq_allowed(t, tk, W, EXCL: tl.constexpr, TRANS: tl.constexpr = False):
 
 
 @triton.jit
-def _tile_full(t0, s0, W, EXCL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+def _tile_full(t0, s0, W, EXCL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, FULL: tl.constexpr):
     """Whether every key of the key tile at s0 is allowed for every row of the row tile at t0 (the
     mask of _seq_allowed can be skipped): the last key is at least EXCL before the first row, and
     the first key within W of the last row. Rows beyond the problem are not stored or add zero; keys
-    of a full tile are all before a row inside it, so inside the problem."""
+    of a full tile are all before a row inside it, so inside the problem. Always False (the mask
+    always applied, no branch compiled) without ``FULL``."""
+    if not FULL:
+        return False
     return (t0 - EXCL - s0 - BN + 1 >= 0) & (t0 + BM - 1 - s0 < W)
 
 
@@ -269,10 +272,8 @@ def _seq_fwd(Q, K, V, O, LSE, H0,
     for s0 in range(lo, hi, BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
-        full = False
-        if FULL:
-            full = _tile_full(t0, s0, W, EXCL, BM, BN)
-        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE, True, full)
+        m_i, l_i, acc = _softmax_step(q, k, v, _seq_allowed(t, tk, W, EXCL), m_i, l_i, acc, scale_log2e, IEEE, True,
+                                      _tile_full(t0, s0, W, EXCL, BM, BN, FULL))
     _put_o(O, LSE, b * sob + h * soh, son, (b * H + h) * n + pos, pos, acc, m_i, l_i, valid, DV, MERGE)
 
 
@@ -327,10 +328,8 @@ def _seq_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, H0,
     for s0 in range(lo, hi, BN):
         tk, kpos, kok = _seq_at(s0, r, RS, len_r, BN)
         k, v = _kv(K, V, b * skb + h * skh, b * svb + h * svh, kpos, skn, svn, kok, DQK, DV)
-        full = False
-        if FULL:
-            full = _tile_full(t0, s0, W, EXCL, BM, BN)
-        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, W, EXCL), lse2, delta, scale_log2e, acc, IEEE, True, full)
+        acc = _dq_step(q, do, k, v, _seq_allowed(t, tk, W, EXCL), lse2, delta, scale_log2e, acc, IEEE, True,
+                       _tile_full(t0, s0, W, EXCL, BM, BN, FULL))
     _put_rows(DQ, b * sdqb + h * sdqh, pos, sdqn, dq_, acc * scale, valid, ACCUM)
 
 
@@ -359,10 +358,8 @@ def _seq_bwd_dkdv(Q, K, V, DO, DK, DV_, LSE, DELTA, H0,
         q, do = _kv(Q, DO, b * sqb + h * sqh, b * sdob + h * sdoh, pos, sqn, sdon, valid, DQK, DV)
         lse2, delta = _row_stats(LSE, DELTA, (b * H + h) * n + pos, valid)
         allowed_t = _seq_allowed(t, tk, W, EXCL, True)
-        full = False
-        if FULL:
-            full = _tile_full(t0, s0, W, EXCL, BM, BN)
-        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE, True, full)
+        dk, dv = _dkdv_step(k, v, q, do, allowed_t, lse2, delta, scale_log2e, dk, dv, IEEE, True,
+                            _tile_full(t0, s0, W, EXCL, BM, BN, FULL))
     _put_rows(DK, b * sdkb + h * sdkh, kpos, sdkn, dq_, dk * scale, kvalid, ACCUM)
     _put_rows(DV_, b * sdvb + h * sdvh, kpos, sdvn, dv_, dv, kvalid, ACCUM)
 
